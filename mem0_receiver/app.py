@@ -1,0 +1,245 @@
+"""The HTTP edge: the only module that knows about status codes.
+
+``POST /`` verifies, parses and enqueues, then answers 202; every other outcome
+is a JSON error with the right status. ``GET /healthz`` reports the broker.
+The webhook endpoint is a plain ASGI callable rather than a Starlette
+``Request`` handler because it must read the body itself, chunk by chunk, to
+enforce the size limit before buffering a large body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .errors import EnqueueError, PayloadError, VerificationError
+from .events import Delivery, parse_event, utcnow
+from .verify import TOKEN_PARAM
+from .worker import build_message
+
+if TYPE_CHECKING:
+    from .receiver import Receiver
+
+__all__ = ["build_app"]
+
+logger = logging.getLogger("mem0_receiver.http")
+
+#: Seconds a client is told to wait when the broker is down or slow.
+RETRY_AFTER = "5"
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> Response:
+    content = json.dumps(body, separators=(",", ":")).encode()
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def _error(
+    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    return json_response(status, {"error": error, "detail": detail}, headers)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        # Be liberal: a sender that omits the header still sends JSON.
+        return True
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, ``None`` if the client went away; _TooLarge past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class WebhookEndpoint:
+    """``POST /``: verify → parse → enqueue → 202."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.settings = receiver.settings
+        self._unknown_types: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        context: dict[str, Any] = {}
+        response = await self.handle(scope, receive, context)
+        if response is None:  # The client disconnected before sending its body.
+            return
+        await response(scope, receive, send)
+        logger.info(
+            "status=%d delivery=%s event=%s memory_id=%s latency_ms=%.1f",
+            response.status_code,
+            context.get("delivery_id", "-"),
+            context.get("event_type", "-"),
+            context.get("memory_id", "-"),
+            (time.perf_counter() - started) * 1000,
+        )
+
+    async def handle(
+        self, scope: Scope, receive: Receive, context: dict[str, Any]
+    ) -> Response | None:
+        if scope["method"] != "POST":
+            return _error(405, "method_not_allowed", "Send webhooks with POST.", {"Allow": "POST"})
+        headers = {
+            key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
+        }
+        limit = self.settings.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return self._too_large(limit)
+        try:
+            body = await _read_body(receive, limit)
+        except _TooLarge:
+            return self._too_large(limit)
+        if body is None:
+            return None
+
+        if not self.settings.insecure:
+            rejected = self._verify(scope, body, headers)
+            if rejected is not None:
+                return rejected
+        if not _is_json(headers.get("content-type")):
+            return _error(415, "unsupported_media_type", "Send the body as application/json.")
+
+        sender_id = headers.get("webhook-id")
+        if sender_id:
+            key = "id:" + hashlib.sha256(sender_id.encode()).hexdigest()
+        else:
+            key = "body:" + hashlib.sha256(body).hexdigest()
+        delivery = Delivery(
+            delivery_id=sender_id or uuid.uuid4().hex,
+            received_at=utcnow(),
+            idempotency_key=key,
+        )
+        context["delivery_id"] = delivery.delivery_id
+        try:
+            event = parse_event(body, delivery=delivery)
+        except PayloadError as exc:
+            if exc.status == "malformed":
+                return _error(400, "malformed_body", str(exc))
+            return _error(422, "not_a_mem0_event", str(exc))
+        context["event_type"] = event.event_type
+        context["memory_id"] = event.memory_id or "-"
+
+        handlers = self.receiver.registry.handlers_for(event.event_type)
+        self._note_unknown(event.event_type)
+        if not handlers:
+            return json_response(202, {"status": "ignored", "delivery_id": delivery.delivery_id})
+        event_json = event.model_dump(mode="json")
+        messages = [build_message(handler, event_json) for handler in handlers]
+        try:
+            enqueuer = await self.receiver.enqueuer()
+            seen = await asyncio.wait_for(
+                enqueuer.enqueue(key, delivery.delivery_id, messages),
+                timeout=self.settings.enqueue_timeout,
+            )
+        except (EnqueueError, asyncio.TimeoutError) as exc:
+            reason = (
+                "did not answer in time"
+                if isinstance(exc, asyncio.TimeoutError)
+                else "is unavailable"
+            )
+            logger.warning("Enqueue failed delivery=%s: %s", delivery.delivery_id, exc or reason)
+            return _error(
+                503,
+                "broker_unavailable",
+                f"The queue {reason}; the event was not accepted. Retry later.",
+                {"Retry-After": RETRY_AFTER},
+            )
+        if seen is not None:
+            context["delivery_id"] = seen
+            return json_response(202, {"status": "duplicate", "delivery_id": seen})
+        return json_response(202, {"status": "queued", "delivery_id": delivery.delivery_id})
+
+    def _verify(self, scope: Scope, body: bytes, headers: dict[str, str]) -> Response | None:
+        token = None
+        query = scope.get("query_string", b"")
+        if query:
+            for name, value in parse_qsl(query.decode("latin-1")):
+                if name == TOKEN_PARAM:
+                    token = value
+        now = time.time()
+        reasons = []
+        for verifier in self.receiver.verifiers:
+            try:
+                verifier.verify(body, headers, token=token, now=now)
+                return None
+            except VerificationError as exc:
+                reasons.append(f"{verifier.name}: {exc}")
+        logger.warning("Rejected an unverified request: %s", "; ".join(reasons))
+        return _error(
+            401,
+            "unauthorized",
+            "The request carries no valid token or signature (" + "; ".join(reasons) + ")",
+        )
+
+    def _too_large(self, limit: int) -> Response:
+        return _error(413, "body_too_large", f"The body is larger than {limit} bytes.")
+
+    def _note_unknown(self, event_type: str) -> None:
+        if event_type in self._unknown_types or event_type in self.receiver.known_event_types:
+            return
+        self._unknown_types.add(event_type)
+        logger.warning(
+            "Received an unknown event type %r: acknowledged and passed to '*' handlers only.",
+            event_type[:64],
+        )
+
+
+def build_app(receiver: Receiver) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        enqueuer = await receiver.enqueuer()
+        try:
+            ok = await asyncio.wait_for(enqueuer.ping(), timeout=receiver.settings.enqueue_timeout)
+        except asyncio.TimeoutError:
+            ok = False
+        if ok:
+            return json_response(200, {"status": "ok", "broker": receiver.broker_name})
+        return json_response(503, {"status": "unavailable", "broker": receiver.broker_name})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(404, "not_found", "Webhooks are received at the mount point with POST.")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return _error(405, "method_not_allowed", "Use GET for /healthz.", {"Allow": "GET"})
+
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        404: not_found,
+        405: method_not_allowed,
+    }
+    return Starlette(
+        routes=[Route("/", WebhookEndpoint(receiver)), Route("/healthz", healthz, methods=["GET"])],
+        exception_handlers=handlers,
+    )

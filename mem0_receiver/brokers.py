@@ -1,0 +1,94 @@
+"""Building the dramatiq broker that workers consume from, from a URL.
+
+``redis://`` and ``rediss://`` give dramatiq's Redis broker with short socket
+timeouts; no URL gives dramatiq's in-memory ``StubBroker``, which keeps nothing
+across a restart and is for development only.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AsyncIO
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_TIMEOUT",
+    "DEFAULT_SOCKET_TIMEOUT",
+    "REDIS_SCHEMES",
+    "build_broker",
+    "is_durable",
+    "redact",
+]
+
+logger = logging.getLogger("mem0_receiver")
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: Seconds to wait for Redis to accept a connection or answer a command.
+#: redis-py waits forever by default; a frozen Redis would then hang workers
+#: and, through them, requests.
+DEFAULT_SOCKET_TIMEOUT = 5.0
+#: Milliseconds without a heartbeat after which dramatiq hands a worker's
+#: unacknowledged messages to others (dramatiq's default is 60 000).
+DEFAULT_HEARTBEAT_TIMEOUT = 15_000
+
+
+def redact(url: str | None) -> str:
+    """The URL without its password, for logs and messages."""
+    if not url:
+        return "in-memory"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}:***@" if parts.password else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def _ensure_asyncio(broker: dramatiq.Broker) -> dramatiq.Broker:
+    # Async handlers run on the event-loop thread that dramatiq's AsyncIO
+    # middleware starts (dramatiq/asyncio.py); without it they fail at run time.
+    if not any(isinstance(m, AsyncIO) for m in broker.middleware):
+        broker.add_middleware(AsyncIO())
+    return broker
+
+
+def build_broker(url: str | None) -> dramatiq.Broker:
+    """A dramatiq broker for ``url``, or a ConfigurationError naming the fix."""
+    if not url:
+        return _ensure_asyncio(StubBroker())
+    scheme = urlsplit(url).scheme
+    if scheme in REDIS_SCHEMES:
+        try:
+            client = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT,
+                socket_timeout=DEFAULT_SOCKET_TIMEOUT,
+                health_check_interval=30,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"The broker URL {redact(url)} is not a valid Redis URL: {exc}."
+            ) from None
+        broker = RedisBroker(  # type: ignore[no-untyped-call]
+            client=client, heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT
+        )
+        return _ensure_asyncio(broker)
+    raise ConfigurationError(
+        f"Unsupported broker URL scheme {scheme!r}; use redis://host:6379/0, "
+        "or leave MEM0_RECEIVER_BROKER_URL unset for the in-memory broker."
+    )
+
+
+def is_durable(broker: dramatiq.Broker) -> bool:
+    return not isinstance(broker, StubBroker)
+
+
+def adopt(broker: dramatiq.Broker) -> dramatiq.Broker:
+    """Prepare a broker the user built themselves."""
+    return _ensure_asyncio(broker)

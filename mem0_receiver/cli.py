@@ -1,0 +1,182 @@
+"""The ``mem0-receiver`` command.
+
+``TARGET`` is ``module:attribute`` naming your Receiver, as in uvicorn::
+
+    mem0-receiver dev app:receiver          # receiver + worker in one process
+    mem0-receiver serve app:receiver        # production HTTP side (uvicorn)
+    mem0-receiver worker app:receiver       # production worker side (dramatiq)
+    mem0-receiver url https://example.com/webhooks/mem0
+    mem0-receiver secret
+
+Every mistake a user can make ends in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+
+from .brokers import is_durable
+from .errors import ConfigurationError
+from .receiver import Receiver
+from .server import log_config
+from .target import load_receiver
+from .verify import new_secret
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+def _receiver(target: str) -> Receiver:
+    receiver = load_receiver(target)
+    receiver.check()
+    return receiver
+
+
+def _require_durable(receiver: Receiver, command: str) -> None:
+    if not is_durable(receiver.broker):
+        raise ConfigurationError(
+            f"`{command}` needs a durable broker shared with the other processes; set "
+            "MEM0_RECEIVER_BROKER_URL=redis://localhost:6379/0, or use `mem0-receiver dev`."
+        )
+
+
+def _print_url(receiver: Receiver, host: str, port: int) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if receiver.settings.insecure:
+        url = f"http://{shown}:{port}/"
+    else:
+        url = receiver.webhook_url(f"http://{shown}:{port}/")
+    body = '{"event_details": {"id": "mem_1", "data": {"memory": "Name is Alex"}, "event": "ADD"}}'
+    print(f"Register this URL with Mem0 (behind your public host): {url}")
+    print("Try it:")
+    print(
+        f"  curl -sS -X POST {shlex.quote(url)} -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(body)}"
+    )
+    sys.stdout.flush()
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    import dramatiq
+    import uvicorn
+
+    receiver = _receiver(args.target)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    worker = dramatiq.Worker(receiver.broker, worker_threads=args.threads, worker_timeout=100)
+    worker.start()
+    _print_url(receiver, args.host, args.port)
+    try:
+        uvicorn.run(receiver, host=args.host, port=args.port, log_config=log_config())
+    finally:
+        worker.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    receiver = _receiver(args.target)
+    _require_durable(receiver, "serve")
+    app: object = args.target if args.workers > 1 else receiver
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=log_config(args.log_level),
+        log_level=args.log_level,
+        proxy_headers=True,
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from dramatiq import cli as dramatiq_cli
+
+    from .worker import ENV_TARGET
+
+    receiver = _receiver(args.target)
+    _require_durable(receiver, "worker")
+    print(receiver.describe(), flush=True)
+    os.environ[ENV_TARGET] = args.target
+    argv = [
+        "mem0_receiver.worker:bootstrap",
+        "--processes",
+        str(args.processes),
+        "--threads",
+        str(args.threads),
+        "--path",
+        os.getcwd(),
+    ]
+    for queue in args.queues or []:
+        argv += ["--queues", queue]
+    parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]
+    sys.exit(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
+
+
+def cmd_url(args: argparse.Namespace) -> None:
+    receiver = _receiver(args.target) if args.target else Receiver()
+    print(receiver.webhook_url(args.base_url))
+
+
+def cmd_secret(args: argparse.Namespace) -> None:
+    print(new_secret())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mem0-receiver", description="Receive Mem0 webhooks and handle them on workers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, run: Callable[[argparse.Namespace], None], text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(run=run)
+        return sub
+
+    dev = command("dev", cmd_dev, "Run the receiver and a worker in one process, for development.")
+    dev.add_argument("target", metavar="TARGET", help="module:attribute of your Receiver")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--threads", type=int, default=4, help="worker threads (default 4)")
+
+    serve = command("serve", cmd_serve, "Serve the receiver under uvicorn, for production.")
+    serve.add_argument("target", metavar="TARGET", help="module:attribute of your Receiver")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    worker = command("worker", cmd_worker, "Run dramatiq worker processes for the handlers.")
+    worker.add_argument("target", metavar="TARGET", help="module:attribute of your Receiver")
+    worker.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    worker.add_argument("--threads", type=int, default=8)
+    worker.add_argument("--queues", nargs="*", help="only these queues (default: all)")
+
+    url = command("url", cmd_url, "Print the signed webhook URL to register with Mem0.")
+    url.add_argument("base_url", metavar="BASE_URL", help="public URL, e.g. https://x.com/mem0")
+    url.add_argument("--target", help="module:attribute of your Receiver (default: environment)")
+
+    command("secret", cmd_secret, "Print a new strong secret for MEM0_RECEIVER_SECRETS.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except ConfigurationError as exc:
+        print(f"mem0-receiver: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,106 @@
+"""Settings, their defaults, and the one place that reads the environment.
+
+Every setting is a keyword argument of :class:`~mem0_receiver.Receiver`; the
+environment fills in what the arguments leave out:
+
+=============================  ==========================================
+``MEM0_RECEIVER_SECRETS``      comma-separated secrets, the current one first
+``MEM0_RECEIVER_BROKER_URL``   ``redis://…`` (or ``amqp://…``); unset: in-memory
+``MEM0_RECEIVER_VERIFY``       comma-separated schemes: token, hmac, standard
+=============================  ==========================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_DEDUPE_WINDOW",
+    "DEFAULT_ENQUEUE_TIMEOUT",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_SIGNATURE_TOLERANCE",
+    "DEFAULT_VERIFY",
+    "Settings",
+]
+
+#: Verification schemes used when none are configured: the URL token, the
+#: only one Mem0 itself can satisfy.
+DEFAULT_VERIFY: tuple[str, ...] = ("token",)
+#: Largest body accepted, in bytes; larger ones get 413 while still being read.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: Seconds a request waits for the broker to confirm the message before 503.
+DEFAULT_ENQUEUE_TIMEOUT = 2.0
+#: Seconds during which a repeated delivery is recognised and not handled again.
+DEFAULT_DEDUPE_WINDOW = 3600
+#: Seconds a signed timestamp may differ from our clock (hmac and standard).
+DEFAULT_SIGNATURE_TOLERANCE = 300
+
+ENV_SECRETS = "MEM0_RECEIVER_SECRETS"
+ENV_BROKER_URL = "MEM0_RECEIVER_BROKER_URL"
+ENV_VERIFY = "MEM0_RECEIVER_VERIFY"
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one receiver."""
+
+    secrets: tuple[str, ...] = ()
+    verify: tuple[str, ...] = DEFAULT_VERIFY
+    broker_url: str | None = None
+    insecure: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    enqueue_timeout: float = DEFAULT_ENQUEUE_TIMEOUT
+    dedupe_window: int = DEFAULT_DEDUPE_WINDOW
+    signature_tolerance: int = DEFAULT_SIGNATURE_TOLERANCE
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        secrets: Sequence[str] | str | None,
+        verify: Sequence[str] | str | None,
+        broker_url: str | None,
+        environ: Mapping[str, str] | None = None,
+        **values: object,
+    ) -> Settings:
+        """Arguments first, then the environment, then the defaults."""
+        env = os.environ if environ is None else environ
+        if secrets is None:
+            secrets = _split(env.get(ENV_SECRETS, ""))
+        elif isinstance(secrets, str):
+            secrets = (secrets,)
+        if verify is None:
+            verify = _split(env.get(ENV_VERIFY, "")) or DEFAULT_VERIFY
+        elif isinstance(verify, str):
+            verify = (verify,)
+        if broker_url is None:
+            broker_url = env.get(ENV_BROKER_URL) or None
+        settings = cls(
+            secrets=tuple(secrets),
+            verify=tuple(verify),
+            broker_url=broker_url,
+            **values,  # type: ignore[arg-type]
+        )
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        for name in ("max_body_bytes", "dedupe_window", "signature_tolerance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive whole number, not {value!r}.")
+        if not isinstance(self.enqueue_timeout, (int, float)) or self.enqueue_timeout <= 0:
+            raise ConfigurationError(
+                f"enqueue_timeout must be a positive number of seconds, not "
+                f"{self.enqueue_timeout!r}."
+            )
+        if any(not isinstance(secret, str) or not secret for secret in self.secrets):
+            raise ConfigurationError("Every secret must be a non-empty string.")

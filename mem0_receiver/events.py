@@ -1,0 +1,262 @@
+"""Typed Mem0 events, parsed from the raw body of a webhook.
+
+Mem0 documents two nested shapes (https://docs.mem0.ai/platform/features/webhooks)::
+
+    {"event_details": {"id": "...", "data": {"memory": "Name is Alex"}, "event": "ADD"}}
+    {"event_details": {"event": "CATEGORIZE", "memory_id": "...", "categories": ["travel"]}}
+
+and one of its guides shows a flat one::
+
+    {"event": "memory_add", "memory_id": "mem_456", "user_id": "user_789",
+     "memory": "User prefers dark mode", "timestamp": "2024-01-15T10:30:00Z"}
+
+All three parse into the same classes. Fields Mem0 adds later are never
+rejected: the original body stays in ``event.payload`` and the whole ``data``
+object in ``event.data``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import PayloadError
+
+__all__ = [
+    "EVENT_TYPES",
+    "Delivery",
+    "IngestJobCancelled",
+    "IngestJobCompleted",
+    "IngestJobEvent",
+    "IngestJobFailed",
+    "IngestJobPartiallyCompleted",
+    "MemoryAdded",
+    "MemoryCategorized",
+    "MemoryChanged",
+    "MemoryDeleted",
+    "MemoryEvent",
+    "MemoryUpdated",
+    "UnknownEvent",
+    "event_from_json",
+    "parse_event",
+]
+
+
+class Delivery(BaseModel):
+    """How and when one webhook request reached us."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: The sender's ``webhook-id`` header when it sends one, else assigned at receipt.
+    delivery_id: str
+    #: When the receiver accepted the request (UTC).
+    received_at: datetime
+    #: Stable across duplicate deliveries and redeliveries of the same event:
+    #: derived from the sender's id, or from the raw body when it sends none.
+    idempotency_key: str = ""
+
+
+class MemoryEvent(BaseModel):
+    """Base class of every event; ``@receiver.on("*")`` handlers receive this type.
+
+    Example::
+
+        @receiver.on("*")
+        def audit(event: MemoryEvent) -> None:
+            log.info("%s %s", event.event_type, event.memory_id)
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    event_type: str
+    memory_id: str | None = None
+    #: The JSON object Mem0 sent, unchanged, including fields this class does not model.
+    payload: dict[str, Any]
+    delivery: Delivery
+
+
+class MemoryChanged(MemoryEvent):
+    """A memory was added, updated or deleted."""
+
+    #: The memory text, when Mem0 sent it.
+    memory: str | None = None
+    #: The whole ``data`` object, unknown keys kept (``{}`` for the flat shape).
+    data: dict[str, Any] = {}
+    user_id: str | None = None
+
+
+class MemoryAdded(MemoryChanged):
+    """``memory_add``: a memory was added."""
+
+    event_type: Literal["memory_add"] = "memory_add"
+
+
+class MemoryUpdated(MemoryChanged):
+    """``memory_update``: an existing memory was updated."""
+
+    event_type: Literal["memory_update"] = "memory_update"
+
+
+class MemoryDeleted(MemoryChanged):
+    """``memory_delete``: a memory was deleted."""
+
+    event_type: Literal["memory_delete"] = "memory_delete"
+
+
+class MemoryCategorized(MemoryEvent):
+    """``memory_categorize``: a memory was given categories."""
+
+    event_type: Literal["memory_categorize"] = "memory_categorize"
+    categories: list[str]
+
+
+class IngestJobEvent(MemoryEvent):
+    """An ingest job ended. Mem0 does not document these payloads: read ``payload``."""
+
+    #: From ``job_id`` (or ``id``) when the payload carries one.
+    job_id: str | None = None
+    #: From ``status`` when the payload carries one.
+    status: str | None = None
+
+
+class IngestJobCompleted(IngestJobEvent):
+    """``ingest_job_completed``."""
+
+    event_type: Literal["ingest_job_completed"] = "ingest_job_completed"
+
+
+class IngestJobPartiallyCompleted(IngestJobEvent):
+    """``ingest_job_partially_completed``."""
+
+    event_type: Literal["ingest_job_partially_completed"] = "ingest_job_partially_completed"
+
+
+class IngestJobFailed(IngestJobEvent):
+    """``ingest_job_failed``."""
+
+    event_type: Literal["ingest_job_failed"] = "ingest_job_failed"
+
+
+class IngestJobCancelled(IngestJobEvent):
+    """``ingest_job_cancelled``."""
+
+    event_type: Literal["ingest_job_cancelled"] = "ingest_job_cancelled"
+
+
+class UnknownEvent(MemoryEvent):
+    """An event type this version does not know. Only ``"*"`` handlers receive it."""
+
+
+EVENT_CLASSES: dict[str, type[MemoryEvent]] = {
+    "memory_add": MemoryAdded,
+    "memory_update": MemoryUpdated,
+    "memory_delete": MemoryDeleted,
+    "memory_categorize": MemoryCategorized,
+    "ingest_job_completed": IngestJobCompleted,
+    "ingest_job_partially_completed": IngestJobPartiallyCompleted,
+    "ingest_job_failed": IngestJobFailed,
+    "ingest_job_cancelled": IngestJobCancelled,
+}
+
+#: Every event type a Mem0 webhook can subscribe to, in Mem0's spelling.
+EVENT_TYPES: tuple[str, ...] = tuple(EVENT_CLASSES)
+
+# The nested shape names the event in capitals ("ADD"); the flat shape and
+# the subscription API use the type names themselves ("memory_add").
+_NESTED_NAMES = {"ADD": "memory_add", "UPDATE": "memory_update", "DELETE": "memory_delete"}
+_NESTED_NAMES["CATEGORIZE"] = "memory_categorize"
+
+
+def _event_type(name: str) -> str:
+    name = name.strip()
+    return _NESTED_NAMES.get(name.upper()) or name.lower()
+
+
+def _opaque_id(details: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = details.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def _fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The model fields found in a decoded Mem0 body, or a PayloadError naming what is missing."""
+    details = obj.get("event_details", obj)
+    if not isinstance(details, dict):
+        raise PayloadError("event_details must be a JSON object.")
+    name = details.get("event", details.get("event_type"))
+    if not isinstance(name, str) or not name.strip():
+        raise PayloadError(
+            "The payload names no event: expected event_details.event "
+            "(ADD, UPDATE, DELETE, CATEGORIZE) or a top-level event such as memory_add."
+        )
+    event_type = _event_type(name)
+    fields: dict[str, Any] = {"event_type": event_type}
+
+    if event_type.startswith("ingest_job_"):
+        fields["job_id"] = _opaque_id(details, "job_id", "id")
+        fields["memory_id"] = _opaque_id(details, "memory_id")
+        status = details.get("status")
+        fields["status"] = status if isinstance(status, str) else None
+        return fields
+
+    fields["memory_id"] = _opaque_id(details, "id", "memory_id")
+    if event_type == "memory_categorize":
+        if fields["memory_id"] is None:
+            raise PayloadError("A CATEGORIZE event needs event_details.memory_id.")
+        categories = details.get("categories")
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            raise PayloadError("A CATEGORIZE event needs categories, a list of strings.")
+        fields["categories"] = categories
+    elif event_type in EVENT_CLASSES:
+        if fields["memory_id"] is None:
+            raise PayloadError(f"A {event_type} event needs the memory's id (id or memory_id).")
+        data = details.get("data", {})
+        if not isinstance(data, dict):
+            raise PayloadError("event_details.data must be a JSON object.")
+        memory = data.get("memory", details.get("memory"))
+        fields["memory"] = memory if isinstance(memory, str) else None
+        fields["data"] = data
+        user_id = details.get("user_id", data.get("user_id"))
+        fields["user_id"] = user_id if isinstance(user_id, str) else None
+    return fields
+
+
+def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
+    """Parse a webhook body into its event class.
+
+    Raises:
+        PayloadError: with ``status="malformed"`` when the body is not a JSON
+            object, and ``status="invalid"`` when it is not a Mem0 event.
+    """
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PayloadError("The body is not valid UTF-8 JSON.", status="malformed") from exc
+    if not isinstance(obj, dict):
+        raise PayloadError("The body must be a JSON object.", status="malformed")
+    fields = _fields(obj)
+    cls = EVENT_CLASSES.get(fields["event_type"], UnknownEvent)
+    return cls.model_validate({**fields, "payload": obj, "delivery": delivery})
+
+
+def event_from_json(data: dict[str, Any]) -> MemoryEvent:
+    """Rebuild an event from ``event.model_dump(mode="json")``, as it crosses the queue."""
+    cls = EVENT_CLASSES.get(data.get("event_type", ""), UnknownEvent)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        # Only reachable when a message was written by another version of this library.
+        raise PayloadError(
+            f"A queued event no longer matches {cls.__name__}: {exc.error_count()} field(s) differ."
+        ) from exc
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

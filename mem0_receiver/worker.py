@@ -1,0 +1,99 @@
+"""The worker side: each handler becomes a dramatiq actor of its own.
+
+One actor per handler means each handler has its own retries: when one fails
+and is retried, its siblings, which already succeeded, do not run again.
+Messages carry the event as JSON (``event.model_dump(mode="json")``), never
+pickle, and the same pydantic classes rebuild it here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import dramatiq
+
+from .events import MemoryEvent, event_from_json
+from .registry import Handler
+
+__all__ = ["bind_handler", "bootstrap", "build_message"]
+
+logger = logging.getLogger("mem0_receiver.worker")
+
+#: Set by ``mem0-receiver worker`` so that dramatiq's worker processes can
+#: find the receiver: dramatiq imports ``mem0_receiver.worker:bootstrap`` in
+#: each process, which imports the user's TARGET.
+ENV_TARGET = "MEM0_RECEIVER_TARGET"
+
+
+def _runner(handler: Handler) -> Callable[[dict[str, Any]], Any]:
+    fn = handler.fn
+
+    def log_start(event: MemoryEvent) -> None:
+        logger.debug(
+            "Running handler=%s delivery=%s event=%s memory_id=%s",
+            handler.name,
+            event.delivery.delivery_id,
+            event.event_type,
+            event.memory_id,
+        )
+
+    if handler.is_async:
+
+        async def run_async(event: dict[str, Any]) -> None:
+            parsed = event_from_json(event)
+            log_start(parsed)
+            result: Awaitable[Any] = fn(parsed)
+            await result
+
+        run_async.__name__ = handler.name
+        return run_async
+
+    def run(event: dict[str, Any]) -> None:
+        parsed = event_from_json(event)
+        log_start(parsed)
+        fn(parsed)
+
+    run.__name__ = handler.name
+    return run
+
+
+def bind_handler(broker: dramatiq.Broker, handler: Handler) -> dramatiq.Actor[Any, Any]:
+    """Declare ``handler`` as an actor on ``broker`` (once per broker)."""
+    if handler.actor_name in broker.actors:
+        actor: dramatiq.Actor[Any, Any] = broker.get_actor(handler.actor_name)
+        return actor
+    return dramatiq.Actor(
+        _runner(handler),
+        broker=broker,
+        actor_name=handler.actor_name,
+        queue_name=handler.queue_name,
+        priority=handler.priority,
+        options={
+            "max_retries": handler.max_retries,
+            "min_backoff": handler.min_backoff,
+            "max_backoff": handler.max_backoff,
+            "time_limit": handler.time_limit,
+        },
+    )
+
+
+def build_message(handler: Handler, event_json: dict[str, Any]) -> dramatiq.Message[Any]:
+    """The message that runs ``handler`` on one event."""
+    return dramatiq.Message(
+        queue_name=handler.queue_name,
+        actor_name=handler.actor_name,
+        args=(event_json,),
+        kwargs={},
+        options={},
+    )
+
+
+def bootstrap() -> None:
+    """Entry point for ``dramatiq mem0_receiver.worker:bootstrap`` in each worker process."""
+    from .target import load_receiver
+
+    receiver = load_receiver(os.environ[ENV_TARGET])
+    dramatiq.set_broker(receiver.broker)
