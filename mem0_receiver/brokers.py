@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_SOCKET_TIMEOUT",
     "REDIS_SCHEMES",
     "build_broker",
+    "check_broker",
     "is_durable",
     "redact",
 ]
@@ -83,6 +84,18 @@ def build_broker(url: str | None) -> dramatiq.Broker:
         f"Unsupported broker URL scheme {scheme!r}; use redis://host:6379/0, "
         "or leave MEM0_RECEIVER_BROKER_URL unset for the in-memory broker."
     )
+
+
+def check_broker(broker: dramatiq.Broker, url: str | None) -> None:
+    """Raise ConfigurationError, at start-up, if the broker does not answer."""
+    if isinstance(broker, RedisBroker):
+        try:
+            broker.client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise ConfigurationError(
+                f"The broker at {redact(url)} does not answer ({type(exc).__name__}); "
+                "start Redis or fix MEM0_RECEIVER_BROKER_URL."
+            ) from None
 
 
 def is_durable(broker: dramatiq.Broker) -> bool:

@@ -20,7 +20,8 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 
-from .brokers import is_durable
+from .brokers import check_broker, is_durable
+from .config import ENV_SECRETS, use_throwaway_secret
 from .errors import ConfigurationError
 from .receiver import Receiver
 from .server import log_config
@@ -44,6 +45,7 @@ def _require_durable(receiver: Receiver, command: str) -> None:
             f"`{command}` needs a durable broker shared with the other processes; set "
             "MEM0_RECEIVER_BROKER_URL=redis://localhost:6379/0, or use `mem0-receiver dev`."
         )
+    check_broker(receiver.broker, receiver.settings.broker_url)
 
 
 def _print_url(receiver: Receiver, host: str, port: int) -> None:
@@ -66,7 +68,13 @@ def cmd_dev(args: argparse.Namespace) -> None:
     import dramatiq
     import uvicorn
 
+    if use_throwaway_secret(new_secret()):
+        print(
+            f"{ENV_SECRETS} is not set: using a throwaway secret for this run "
+            "(the URL below stops working when you restart)."
+        )
     receiver = _receiver(args.target)
+    check_broker(receiver.broker, receiver.settings.broker_url)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     worker = dramatiq.Worker(receiver.broker, worker_threads=args.threads, worker_timeout=100)
     worker.start()

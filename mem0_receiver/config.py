@@ -44,6 +44,14 @@ ENV_BROKER_URL = "MEM0_RECEIVER_BROKER_URL"
 ENV_VERIFY = "MEM0_RECEIVER_VERIFY"
 
 
+def use_throwaway_secret(secret: str) -> bool:
+    """For ``mem0-receiver dev`` only: set ``secret`` if no secret is configured."""
+    if os.environ.get(ENV_SECRETS):
+        return False
+    os.environ[ENV_SECRETS] = secret
+    return True
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 

@@ -18,6 +18,7 @@ object in ``event.data``.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -228,6 +229,37 @@ def _fields(obj: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+#: Deeper JSON is refused: no Mem0 payload nests like that, and pydantic cannot
+#: serialise much deeper values onto the queue.
+MAX_DEPTH = 32
+
+
+def _not_json(value: str) -> float:
+    # NaN and Infinity are accepted by Python's json module but are not JSON
+    # (RFC 8259 section 6), and would come off the queue as null.
+    raise ValueError(f"{value} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _too_deep(obj: object) -> bool:
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in value)
+    return False
+
+
 def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
     """Parse a webhook body into its event class.
 
@@ -236,11 +268,14 @@ def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
             object, and ``status="invalid"`` when it is not a Mem0 event.
     """
     try:
-        obj = json.loads(body)
+        # Decode first: json.loads(bytes) would also take UTF-16 and UTF-32.
+        obj = json.loads(body.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PayloadError("The body is not valid UTF-8 JSON.", status="malformed") from exc
     if not isinstance(obj, dict):
         raise PayloadError("The body must be a JSON object.", status="malformed")
+    if _too_deep(obj):
+        raise PayloadError(f"The body nests deeper than {MAX_DEPTH} levels.")
     fields = _fields(obj)
     cls = EVENT_CLASSES.get(fields["event_type"], UnknownEvent)
     return cls.model_validate({**fields, "payload": obj, "delivery": delivery})

@@ -105,6 +105,14 @@ def _hmac_hex(key: bytes, timestamp: str, body: bytes) -> str:
     return hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """``headers[name]`` for a lower-case ``name``, whatever the mapping's case."""
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
 def _check_timestamp(raw: str, *, now: float, tolerance: int) -> None:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise VerificationError("The signature timestamp is not a number of seconds.")
@@ -130,7 +138,7 @@ class HmacVerifier:
     def verify(
         self, body: bytes, headers: Mapping[str, str], *, token: str | None, now: float
     ) -> None:
-        header = headers.get(HMAC_HEADER)
+        header = _header(headers, HMAC_HEADER)
         if not header:
             raise VerificationError("The request has no X-Mem0-Signature header.")
         if len(header) > _MAX_SIGNATURE_HEADER:
@@ -156,14 +164,18 @@ class HmacVerifier:
 
 def _standard_key(secret: str) -> bytes:
     # As the reference library does: strip the prefix, base64-decode the rest.
+    # Unpadded base64 is accepted too, as the reference library does.
     raw = secret.removeprefix("whsec_")
     try:
-        return base64.b64decode(raw, validate=True)
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
+        key = b""
+    if not key:
         raise ConfigurationError(
             "A secret is not a Standard Webhooks secret (whsec_ followed by base64); "
             "generate one with `mem0-receiver secret`."
-        ) from None
+        )
+    return key
 
 
 class StandardVerifier:
@@ -193,9 +205,9 @@ class StandardVerifier:
     def verify(
         self, body: bytes, headers: Mapping[str, str], *, token: str | None, now: float
     ) -> None:
-        msg_id = headers.get("webhook-id")
-        timestamp = headers.get("webhook-timestamp")
-        header = headers.get("webhook-signature")
+        msg_id = _header(headers, "webhook-id")
+        timestamp = _header(headers, "webhook-timestamp")
+        header = _header(headers, "webhook-signature")
         if not msg_id or not timestamp or not header:
             raise VerificationError(
                 "The request lacks webhook-id, webhook-timestamp or webhook-signature."
