@@ -14,9 +14,12 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO
+from dramatiq.middleware import AsyncIO, Retries
 
 from .errors import ConfigurationError
+from .failures import FailureStore, MemoryFailureStore, RedisFailureStore
+from .guard import DeliveryGuard, DurableRetries
+from .tracking import MemoryTracker, RedisTracker, Tracker
 
 __all__ = [
     "DEFAULT_HEARTBEAT_TIMEOUT",
@@ -24,6 +27,7 @@ __all__ = [
     "REDIS_SCHEMES",
     "build_broker",
     "check_broker",
+    "failure_store",
     "is_durable",
     "redact",
 ]
@@ -35,9 +39,10 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 #: redis-py waits forever by default; a frozen Redis would then hang workers
 #: and, through them, requests.
 DEFAULT_SOCKET_TIMEOUT = 5.0
-#: Milliseconds without a heartbeat after which dramatiq hands a worker's
-#: unacknowledged messages to others (dramatiq's default is 60 000).
-DEFAULT_HEARTBEAT_TIMEOUT = 15_000
+#: Milliseconds without a heartbeat after which a worker's unacknowledged
+#: messages go to others (dramatiq's default is 60 000). Safe this short
+#: because the janitor heartbeats every two seconds even while handlers run.
+DEFAULT_HEARTBEAT_TIMEOUT = 10_000
 
 
 def redact(url: str | None) -> str:
@@ -51,18 +56,46 @@ def redact(url: str | None) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
-def _ensure_asyncio(broker: dramatiq.Broker) -> dramatiq.Broker:
+def _equip(broker: dramatiq.Broker) -> dramatiq.Broker:
+    """Add the middleware our handlers rely on to any dramatiq broker (once)."""
+    if any(isinstance(m, DeliveryGuard) for m in broker.middleware):
+        return broker
     # Async handlers run on the event-loop thread that dramatiq's AsyncIO
     # middleware starts (dramatiq/asyncio.py); without it they fail at run time.
     if not any(isinstance(m, AsyncIO) for m in broker.middleware):
         broker.add_middleware(AsyncIO())
+    for index, middleware in enumerate(broker.middleware):
+        if type(middleware) is Retries:
+            durable = DurableRetries(
+                max_retries=middleware.max_retries,
+                min_backoff=middleware.min_backoff,
+                max_backoff=middleware.max_backoff,
+                retry_when=middleware.retry_when,
+            )
+            broker.middleware[index] = durable
+    if isinstance(broker, RedisBroker):
+        tracker: Tracker = RedisTracker(broker.client)
+        failures: FailureStore = RedisFailureStore(broker.client)
+    else:
+        tracker, failures = MemoryTracker(), MemoryFailureStore()
+    # Before Retries in the list, so that its after_process_message runs after
+    # Retries' (dramatiq calls "after" hooks in reverse) and sees message.failed.
+    broker.add_middleware(DeliveryGuard(tracker=tracker, failures=failures), before=DurableRetries)
     return broker
+
+
+def failure_store(broker: dramatiq.Broker) -> FailureStore:
+    """The failure store of a broker prepared by this module."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, DeliveryGuard):
+            return middleware.failures
+    raise ConfigurationError("This broker was not prepared by mem0-receiver.")
 
 
 def build_broker(url: str | None) -> dramatiq.Broker:
     """A dramatiq broker for ``url``, or a ConfigurationError naming the fix."""
     if not url:
-        return _ensure_asyncio(StubBroker())
+        return _equip(StubBroker())
     scheme = urlsplit(url).scheme
     if scheme in REDIS_SCHEMES:
         try:
@@ -77,9 +110,12 @@ def build_broker(url: str | None) -> dramatiq.Broker:
                 f"The broker URL {redact(url)} is not a valid Redis URL: {exc}."
             ) from None
         broker = RedisBroker(  # type: ignore[no-untyped-call]
-            client=client, heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT
+            client=client,
+            heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT,
+            # The janitor (janitor.py) runs maintenance every two seconds.
+            maintenance_chance=0,
         )
-        return _ensure_asyncio(broker)
+        return _equip(broker)
     raise ConfigurationError(
         f"Unsupported broker URL scheme {scheme!r}; use redis://host:6379/0, "
         "or leave MEM0_RECEIVER_BROKER_URL unset for the in-memory broker."
@@ -104,4 +140,4 @@ def is_durable(broker: dramatiq.Broker) -> bool:
 
 def adopt(broker: dramatiq.Broker) -> dramatiq.Broker:
     """Prepare a broker the user built themselves."""
-    return _ensure_asyncio(broker)
+    return _equip(broker)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -26,6 +26,8 @@ from dramatiq.brokers.stub import StubBroker
 from redis.exceptions import NoScriptError, RedisError
 
 from .errors import BrokerUnavailable, EnqueueError
+from .tracking import ORDER_TTL
+from .worker import ORDER_KEY, SEQ
 
 __all__ = ["BrokerEnqueuer", "Enqueuer", "RedisEnqueuer"]
 
@@ -34,16 +36,29 @@ __all__ = ["BrokerEnqueuer", "Enqueuer", "RedisEnqueuer"]
 # list, where dramatiq's Redis consumer fetches it. A test runs real dramatiq
 # workers on what this writes, so a change of layout in dramatiq fails loudly.
 #
-# KEYS[1]: the dedupe key. ARGV: delivery id, window (ms), then triples of
-# (full queue name, redis message id, encoded message).
+# It also numbers each handler's messages per memory: the placeholder string
+# the message carries is replaced by the next number from the memory's order
+# hash (a plain find, since placeholders are random hex).
+#
+# KEYS[1]: the dedupe key. ARGV: delivery id, window (ms), order TTL (s), then
+# groups of five: full queue name, redis message id, encoded message, order
+# key and placeholder (both empty for messages without a memory).
 _ENQUEUE_SCRIPT = """
 local seen = redis.call("get", KEYS[1])
 if seen then
     return seen
 end
 redis.call("set", KEYS[1], ARGV[1], "PX", ARGV[2])
-for i = 3, #ARGV, 3 do
-    redis.call("hset", ARGV[i] .. ".msgs", ARGV[i + 1], ARGV[i + 2])
+for i = 4, #ARGV, 5 do
+    local data = ARGV[i + 2]
+    if ARGV[i + 3] ~= "" then
+        local seq = redis.call("hincrby", ARGV[i + 3], "seq", 1)
+        redis.call("expire", ARGV[i + 3], ARGV[3])
+        local placeholder = '"' .. ARGV[i + 4] .. '"'
+        local at = string.find(data, placeholder, 1, true)
+        data = string.sub(data, 1, at - 1) .. seq .. string.sub(data, at + #placeholder)
+    end
+    redis.call("hset", ARGV[i] .. ".msgs", ARGV[i + 1], data)
     redis.call("rpush", ARGV[i], ARGV[i + 1])
 end
 return false
@@ -97,11 +112,19 @@ class RedisEnqueuer:
     async def enqueue(
         self, key: str, delivery_id: str, messages: Sequence[dramatiq.Message[Any]]
     ) -> str | None:
-        args: list[Any] = [f"{self._namespace}:dedupe:{key}", delivery_id, self._window_ms]
+        args: list[Any] = [
+            f"{self._namespace}:dedupe:{key}",
+            delivery_id,
+            self._window_ms,
+            ORDER_TTL,
+        ]
         for message in messages:
             redis_id = message.message_id
             encoded = message.copy(options={"redis_message_id": redis_id}).encode()
-            args += (f"{self._namespace}:{message.queue_name}", redis_id, encoded)
+            order_key = message.options.get(ORDER_KEY, "")
+            placeholder = message.options.get(SEQ, "") if order_key else ""
+            queue = f"{self._namespace}:{message.queue_name}"
+            args += (queue, redis_id, encoded, order_key, placeholder)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str | None] = loop.create_future()
         self._batch.append((args, future))
@@ -164,6 +187,7 @@ class BrokerEnqueuer:
         self._broker = broker
         self._window = dedupe_window
         self._seen: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._sequences: Counter[str] = Counter()
 
     def _remembered(self, key: str, now: float) -> str | None:
         while self._seen:
@@ -184,6 +208,7 @@ class BrokerEnqueuer:
         # Claim the key before yielding to the loop, so that a concurrent
         # duplicate sees it; give it back if the broker refuses.
         self._seen[key] = (delivery_id, now + self._window)
+        messages = [self._numbered(message) for message in messages]
         try:
             if isinstance(self._broker, StubBroker):
                 for message in messages:
@@ -196,6 +221,13 @@ class BrokerEnqueuer:
                 f"The broker did not take the message: {type(exc).__name__}."
             ) from exc
         return None
+
+    def _numbered(self, message: dramatiq.Message[Any]) -> dramatiq.Message[Any]:
+        order_key = message.options.get(ORDER_KEY)
+        if not order_key:
+            return message
+        self._sequences[order_key] += 1
+        return message.copy(options={SEQ: self._sequences[order_key]})
 
     def _enqueue_all(self, messages: Sequence[dramatiq.Message[Any]]) -> None:
         for message in messages:

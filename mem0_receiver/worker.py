@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,11 @@ import dramatiq
 from .events import MemoryEvent, event_from_json
 from .registry import Handler
 
-__all__ = ["bind_handler", "bootstrap", "build_message"]
+__all__ = ["ORDER_KEY", "SEQ", "bind_handler", "bootstrap", "build_message"]
+
+#: Message options that carry per-memory order (read by guard.DeliveryGuard).
+ORDER_KEY = "mem0_order"
+SEQ = "mem0_seq"
 
 logger = logging.getLogger("mem0_receiver.worker")
 
@@ -81,13 +86,23 @@ def bind_handler(broker: dramatiq.Broker, handler: Handler) -> dramatiq.Actor[An
 
 
 def build_message(handler: Handler, event_json: dict[str, Any]) -> dramatiq.Message[Any]:
-    """The message that runs ``handler`` on one event."""
+    """The message that runs ``handler`` on one event.
+
+    Events about a memory carry an order key and a placeholder for their
+    sequence number, which the enqueuer replaces with the next number for that
+    handler and memory when the broker takes the message (see guard.py).
+    """
+    options: dict[str, Any] = {}
+    memory_id = event_json.get("memory_id")
+    if memory_id:
+        options[ORDER_KEY] = f"mem0_receiver:order:{handler.actor_name}:{memory_id}"
+        options[SEQ] = uuid.uuid4().hex
     return dramatiq.Message(
         queue_name=handler.queue_name,
         actor_name=handler.actor_name,
         args=(event_json,),
         kwargs={},
-        options={},
+        options=options,
     )
 
 

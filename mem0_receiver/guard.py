@@ -1,0 +1,218 @@
+"""dramatiq middleware that turns "at least once" into the promises in the README.
+
+For every message of a mem0-receiver handler:
+
+* **poison pills**: runs are counted before the handler starts; a message
+  whose runs keep killing their process (out of memory, a segfault) goes to
+  the failure store after ``crash_limit`` runs instead of looping forever,
+  since dramatiq's retry counting never sees an exception in that case;
+* **completed work is not repeated**: a redelivered message whose handler
+  already succeeded is skipped (keyed by handler and idempotency key);
+* **per-memory order**: the receiver numbers each handler's messages per
+  memory; a message runs only after its predecessor finished (or failed for
+  good), and an older one that arrives late is dropped;
+* **nothing falls through**: exhausted retries land in the failure store, and
+  :class:`DurableRetries` keeps trying to enqueue a retry while Redis is down
+  instead of dropping the message as dramatiq's Retries does (dramatiq
+  pull request #545).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dramatiq
+from dramatiq.middleware import Middleware, Retries, SkipMessage
+
+from .failures import Failure, FailureStore
+from .janitor import Janitor
+from .tracking import Tracker
+
+__all__ = ["DEFAULT_CRASH_LIMIT", "DeliveryGuard", "DurableRetries"]
+
+logger = logging.getLogger("mem0_receiver.worker")
+
+#: Runs that kill their process before a message goes to the failure store.
+DEFAULT_CRASH_LIMIT = 3
+ACTOR_PREFIX = "mem0_receiver."
+NAMESPACE = "mem0_receiver"
+T = TypeVar("T")
+
+
+def stubbornly(what: str, call: Callable[[], T]) -> T:
+    """Call until it succeeds: while the broker is down, the message stays unacknowledged."""
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            logger.warning(
+                "Could not %s (%s); trying again in %.1fs.", what, type(exc).__name__, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class _StubbornBroker:
+    """The broker as dramatiq's Retries sees it, with an enqueue that does not give up."""
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self._broker = broker
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
+        return stubbornly("enqueue a retry", lambda: self._broker.enqueue(message, delay=delay))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+
+class DurableRetries(Retries):
+    """dramatiq's Retries, except that a failed retry enqueue is tried again, not dropped."""
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        super().after_process_message(  # type: ignore[no-untyped-call]
+            _StubbornBroker(broker), message, result=result, exception=exception
+        )
+
+
+class DeliveryGuard(Middleware):
+    """Attempts, completed work, order and failures for mem0-receiver's actors."""
+
+    def __init__(
+        self,
+        *,
+        tracker: Tracker,
+        failures: FailureStore,
+        crash_limit: int = DEFAULT_CRASH_LIMIT,
+    ) -> None:
+        self.tracker = tracker
+        self.failures = failures
+        self.crash_limit = crash_limit
+        self._janitor: Janitor | None = None
+
+    # Keys ---------------------------------------------------------------
+
+    @staticmethod
+    def _attempt_key(message: Any) -> str:
+        return f"{NAMESPACE}:attempts:{message.options.get('redis_message_id', message.message_id)}"
+
+    @staticmethod
+    def _done_key(message: Any) -> str:
+        event = message.args[0]
+        key = event.get("delivery", {}).get("idempotency_key") or message.message_id
+        return f"{NAMESPACE}:done:{message.actor_name}:{key}"
+
+    # Hooks --------------------------------------------------------------
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if not message.actor_name.startswith(ACTOR_PREFIX):
+            return
+        options = message.options
+        order_key = options.get("mem0_order")
+        seq = options.get("mem0_seq") if isinstance(options.get("mem0_seq"), int) else None
+        attempt_key = self._attempt_key(message)
+        state = self.tracker.begin(attempt_key, self._done_key(message), order_key)
+
+        if state.done:
+            self._end(attempt_key)
+            logger.info(
+                "Skipping %s for delivery %s: already done.",
+                message.actor_name,
+                self._delivery(message),
+            )
+            raise SkipMessage
+        if order_key and seq and not options.get("mem0_replay"):
+            if state.applied >= seq:
+                self._end(attempt_key)
+                logger.info(
+                    "Skipping %s #%d for a memory: a later event was applied.",
+                    message.actor_name,
+                    seq,
+                )
+                raise SkipMessage
+            if state.applied < seq - 1:
+                self._end(attempt_key)
+                self._wait_for_predecessor(broker, message)
+                raise SkipMessage
+        if state.attempts > self.crash_limit:
+            self._give_up(message, reason="worker crashed", attempts=state.attempts - 1)
+            raise SkipMessage
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        if not message.actor_name.startswith(ACTOR_PREFIX):
+            return
+        if exception is None:
+            self._end(self._attempt_key(message), message=message, done=True)
+        elif message.failed:
+            attempts = int(message.options.get("retries", 0))
+            self._give_up(
+                message, reason="retries exhausted", attempts=attempts, exception=exception
+            )
+        else:
+            self._end(self._attempt_key(message))  # Retries has enqueued the next attempt.
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        from dramatiq.brokers.redis import RedisBroker
+
+        if isinstance(broker, RedisBroker):
+            self._janitor = Janitor(broker)
+            self._janitor.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self._janitor is not None:
+            self._janitor.stop()
+            self._janitor = None
+
+    # Helpers ------------------------------------------------------------
+
+    @staticmethod
+    def _delivery(message: Any) -> str:
+        return str(message.args[0].get("delivery", {}).get("delivery_id", "-"))
+
+    def _end(self, attempt_key: str, *, message: Any = None, done: bool = False) -> None:
+        order_key = seq = None
+        if message is not None:
+            order_key = message.options.get("mem0_order")
+            seq = message.options.get("mem0_seq")
+        done_key = self._done_key(message) if done else None
+        stubbornly(
+            "record the end of a run",
+            lambda: self.tracker.end(attempt_key, done_key=done_key, order_key=order_key, seq=seq),
+        )
+
+    def _give_up(
+        self, message: Any, *, reason: str, attempts: int, exception: BaseException | None = None
+    ) -> None:
+        handler = message.actor_name[len(ACTOR_PREFIX) :]
+        failure = Failure.from_message(
+            message.asdict(), handler=handler, reason=reason, attempts=attempts, exception=exception
+        )
+        stubbornly("store a failed event", lambda: self.failures.add(failure))
+        # Later events about the memory need not wait for this one any more.
+        self._end(self._attempt_key(message), message=message)
+        logger.error(
+            "Handler %s gave up on delivery %s (event %s, memory %s) after %d attempt(s): %s, %s.",
+            handler,
+            failure.delivery_id,
+            failure.event_type,
+            failure.memory_id,
+            attempts,
+            reason,
+            failure.error_type or "no exception",
+        )
+
+    def _wait_for_predecessor(self, broker: dramatiq.Broker, message: Any) -> None:
+        waits = int(message.options.get("mem0_waits", 0))
+        delay = min(50 * 2**waits, 2_000)
+        retry = message.copy(options={"mem0_waits": waits + 1})
+        stubbornly(
+            "requeue an event that waits for an earlier one",
+            lambda: broker.enqueue(retry, delay=delay),
+        )

@@ -1,0 +1,121 @@
+"""Per-message bookkeeping on the worker side: attempts, completed work, and order.
+
+Three kinds of key, all in Redis for a Redis broker (in memory for the
+in-memory broker), each read and written by one script per hook:
+
+* ``attempts:<redis message id>`` counts runs that *started*; it is deleted when
+  a run ends, so what is left counts runs that crashed their process.
+* ``done:<handler>:<idempotency key>`` marks a handler's completed work on one
+  event, so a redelivery does not run it again.
+* ``order:<handler>:<memory id>`` is a hash: ``seq``, the last sequence number
+  the receiver assigned, and ``applied``, the last one this handler finished.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+__all__ = ["Begin", "MemoryTracker", "RedisTracker", "Tracker"]
+
+#: Seconds an attempt counter lives if its process dies and nobody returns.
+ATTEMPT_TTL = 86_400
+#: Seconds a handler's completed work is remembered.
+DONE_TTL = 7 * 86_400
+#: Seconds a memory's order state outlives its last event.
+ORDER_TTL = 30 * 86_400
+
+
+@dataclass(frozen=True)
+class Begin:
+    attempts: int  # including this one
+    done: bool  # the handler already completed this event
+    applied: int  # the last sequence number the handler finished for this memory
+
+
+class Tracker(Protocol):
+    def begin(self, attempt_key: str, done_key: str, order_key: str | None) -> Begin: ...
+
+    def end(
+        self, attempt_key: str, *, done_key: str | None, order_key: str | None, seq: int | None
+    ) -> None:
+        """Forget the attempt; mark the work done; move the memory's order past ``seq``."""
+
+
+_BEGIN = """
+local attempts = redis.call("incr", KEYS[1])
+redis.call("expire", KEYS[1], ARGV[1])
+local done = redis.call("exists", KEYS[2])
+local applied = 0
+if ARGV[2] ~= "" then
+    applied = tonumber(redis.call("hget", ARGV[2], "applied") or "0")
+end
+return {attempts, done, applied}
+"""
+
+_END = """
+redis.call("del", KEYS[1])
+if ARGV[1] ~= "" then
+    redis.call("set", ARGV[1], "1", "EX", ARGV[2])
+end
+if ARGV[3] ~= "" then
+    local applied = tonumber(redis.call("hget", ARGV[3], "applied") or "0")
+    if tonumber(ARGV[4]) > applied then
+        redis.call("hset", ARGV[3], "applied", ARGV[4])
+    end
+    redis.call("expire", ARGV[3], ARGV[5])
+end
+return 1
+"""
+
+
+class RedisTracker:
+    def __init__(self, client: redis.Redis) -> None:
+        self._begin = client.register_script(_BEGIN)
+        self._end = client.register_script(_END)
+
+    def begin(self, attempt_key: str, done_key: str, order_key: str | None) -> Begin:
+        attempts, done, applied = self._begin(
+            keys=[attempt_key, done_key], args=[ATTEMPT_TTL, order_key or ""]
+        )
+        return Begin(int(attempts), bool(done), int(applied))
+
+    def end(
+        self, attempt_key: str, *, done_key: str | None, order_key: str | None, seq: int | None
+    ) -> None:
+        ordered = order_key if order_key and seq else ""
+        self._end(
+            keys=[attempt_key],
+            args=[done_key or "", DONE_TTL, ordered, seq or 0, ORDER_TTL],
+        )
+
+
+class MemoryTracker:
+    """The same bookkeeping in this process, for the in-memory broker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempts: dict[str, int] = {}
+        self._done: dict[str, float] = {}
+        self._applied: dict[str, int] = {}
+
+    def begin(self, attempt_key: str, done_key: str, order_key: str | None) -> Begin:
+        with self._lock:
+            attempts = self._attempts[attempt_key] = self._attempts.get(attempt_key, 0) + 1
+            done = self._done.get(done_key, 0) > time.monotonic()
+            applied = self._applied.get(order_key, 0) if order_key else 0
+        return Begin(attempts, done, applied)
+
+    def end(
+        self, attempt_key: str, *, done_key: str | None, order_key: str | None, seq: int | None
+    ) -> None:
+        with self._lock:
+            self._attempts.pop(attempt_key, None)
+            if done_key:
+                self._done[done_key] = time.monotonic() + DONE_TTL
+            if order_key and seq:
+                self._applied[order_key] = max(seq, self._applied.get(order_key, 0))

@@ -1,0 +1,137 @@
+"""The delivery guard on real dramatiq workers and a real Redis: failures, dedupe, order."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import dramatiq
+import pytest
+from starlette.testclient import TestClient
+
+from mem0_receiver import MemoryEvent, Receiver
+from mem0_receiver.brokers import failure_store
+from mem0_receiver.events import Delivery, parse_event, utcnow
+from mem0_receiver.testing import make_body
+from mem0_receiver.verify import new_secret
+from mem0_receiver.worker import build_message
+
+FAST = {"min_backoff": 10, "max_backoff": 40}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("The condition did not hold in time.")
+        time.sleep(0.02)
+
+
+@pytest.fixture(params=["redis", "in-memory"])
+def receiver(request: pytest.FixtureRequest, redis_url: str) -> Receiver:
+    broker = redis_url if request.param == "redis" else None
+    return Receiver(secrets=[new_secret()], broker=broker, environ={})
+
+
+@pytest.fixture
+def client(receiver: Receiver) -> Iterator[Callable[[bytes], str]]:
+    worker: list[dramatiq.Worker] = []
+    test_client = TestClient(receiver)
+    test_client.__enter__()
+    url = receiver.webhook_url("http://testserver/")
+
+    def post(body: bytes) -> str:
+        if not worker:
+            worker.append(dramatiq.Worker(receiver.broker, worker_threads=4, worker_timeout=20))
+            worker[0].start()
+        response = test_client.post(url, content=body)
+        assert response.status_code == 202, response.text
+        delivery_id: str = response.json()["delivery_id"]
+        return delivery_id
+
+    yield post
+    test_client.__exit__(None, None, None)
+    for w in worker:
+        w.stop()
+
+
+def test_exhausted_retries_land_in_the_failure_store_with_what_went_wrong(
+    receiver: Receiver, client: Callable[[bytes], str]
+) -> None:
+    @receiver.on("memory_delete", max_retries=2, **FAST)
+    def forget(event: MemoryEvent) -> None:
+        raise ValueError("the mirror is read-only")
+
+    delivery_id = client(make_body("memory_delete", memory_id="m1"))
+    store = failure_store(receiver.broker)
+    wait_until(lambda: store.count() == 1)
+    (failure,) = store.list()
+    assert failure.handler.endswith("forget")
+    assert (failure.event_type, failure.memory_id, failure.delivery_id) == (
+        "memory_delete",
+        "m1",
+        delivery_id,
+    )
+    assert (failure.attempts, failure.reason) == (3, "retries exhausted")
+    assert (failure.error_type, failure.error) == ("ValueError", "the mirror is read-only")
+
+
+def test_events_about_one_memory_are_applied_in_the_order_received(
+    receiver: Receiver, client: Callable[[bytes], str]
+) -> None:
+    applied: list[tuple[str, str]] = []
+    failed_once: set[str] = set()
+    lock = threading.Lock()
+
+    @receiver.on("memory_add", "memory_update", "memory_delete", max_retries=3, **FAST)
+    def mirror(event: MemoryEvent) -> None:
+        # The add of m1 fails once: its update and delete must wait for it,
+        # while events about m2 go ahead.
+        if event.memory_id == "m1" and event.event_type == "memory_add" and "m1" not in failed_once:
+            failed_once.add("m1")
+            raise RuntimeError("first try fails")
+        with lock:
+            applied.append((event.memory_id or "", event.event_type))
+
+    client(make_body("memory_add", memory_id="m1", memory="v1"))
+    client(make_body("memory_update", memory_id="m1", memory="v2"))
+    client(make_body("memory_delete", memory_id="m1"))
+    client(make_body("memory_add", memory_id="m2", memory="w1"))
+    wait_until(lambda: len(applied) == 4)
+    m1 = [event_type for memory_id, event_type in applied if memory_id == "m1"]
+    assert m1 == ["memory_add", "memory_update", "memory_delete"]
+    assert applied.index(("m2", "memory_add")) < applied.index(("m1", "memory_add"))
+
+
+def redelivery(receiver: Receiver, body: bytes, *, delivery_id: str, key: str) -> None:
+    """The event reaching the worker again, as after a crash between the handler's
+    success and the acknowledgement: another message with the given idempotency key.
+    Order is left out so that only the key can stop it."""
+    delivery = Delivery(delivery_id=delivery_id, received_at=utcnow(), idempotency_key=key)
+    event = parse_event(body, delivery=delivery)
+    (handler,) = receiver.handlers
+    message = build_message(handler, event.model_dump(mode="json"))
+    message.options.pop("mem0_order")
+    receiver.broker.enqueue(message)
+
+
+def test_a_redelivered_event_whose_handler_succeeded_does_not_run_it_again(
+    receiver: Receiver, client: Callable[[bytes], str]
+) -> None:
+    runs: list[str] = []
+
+    @receiver.on("memory_update")
+    def sync(event: MemoryEvent) -> None:
+        runs.append(event.delivery.delivery_id)
+
+    body = make_body("memory_update", memory_id="m3")
+    first = client(body)
+    wait_until(lambda: len(runs) == 1)
+    key = "body:" + hashlib.sha256(body).hexdigest()
+    redelivery(receiver, body, delivery_id="redelivery", key=key)
+    redelivery(receiver, body, delivery_id="control", key="another-event")
+    wait_until(lambda: len(runs) == 2)
+    time.sleep(0.3)
+    assert runs == [first, "control"]
