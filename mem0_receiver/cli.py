@@ -21,8 +21,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .brokers import check_broker, is_durable
-from .config import ENV_SECRETS, use_throwaway_secret
+from .config import Settings, use_throwaway_secret
 from .errors import ConfigurationError
+from .events import EVENT_TYPES
 from .receiver import Receiver
 from .server import log_config
 from .target import load_receiver
@@ -70,7 +71,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
 
     if use_throwaway_secret(new_secret()):
         print(
-            f"{ENV_SECRETS} is not set: using a throwaway secret for this run "
+            "MEM0_RECEIVER_SECRETS is not set: using a throwaway secret for this run "
             "(the URL below stops working when you restart)."
         )
     receiver = _receiver(args.target)
@@ -135,6 +136,93 @@ def cmd_secret(args: argparse.Namespace) -> None:
     print(new_secret())
 
 
+def cmd_send(args: argparse.Namespace) -> None:
+    from .sender import send
+
+    settings = Settings.resolve(secrets=None, verify=None, broker_url=None)
+    if args.scheme != "none" and not settings.secrets:
+        raise ConfigurationError(
+            f"Signing with {args.scheme} needs the receiver's secret: set MEM0_RECEIVER_SECRETS, "
+            "or pass --scheme none for a URL that already carries its token."
+        )
+    if args.count < 1 or args.concurrency < 1:
+        raise ConfigurationError("--count and --concurrency must be at least 1.")
+    summary = send(
+        args.url,
+        event_type=args.event,
+        memory=args.memory,
+        categories=args.categories.split(",") if args.categories else None,
+        shape=args.shape,
+        scheme=args.scheme,
+        secrets=settings.secrets,
+        count=args.count,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+    )
+    if not all(status.startswith("2") for status in summary.statuses):
+        sys.exit(1)
+
+
+def cmd_dlq(args: argparse.Namespace) -> None:
+    from . import dlq
+    from .brokers import failure_store
+    from .progress import ProgressBar
+
+    receiver = _receiver(args.target)
+    _require_durable(receiver, "dlq")
+    store = failure_store(receiver.broker)
+    chosen = dlq.select(store.list(), handler=args.handler, ids=args.id or ())
+    if args.replay:
+        bar = ProgressBar(len(chosen))
+        count = dlq.replay(receiver.broker, store, chosen, advance=bar.advance)
+        print(f"Replayed {count} failed event(s).")
+    elif args.purge:
+        if not chosen:
+            print("Nothing to purge.")
+            return
+        if not args.yes:
+            print(f"Delete {len(chosen)} failed event(s) for good? [y/N] ", end="", flush=True)
+            answer = sys.stdin.readline().strip().lower()
+            if answer not in ("y", "yes"):
+                print("Nothing deleted.")
+                return
+        print(f"Purged {dlq.purge(store, chosen)} failed event(s).")
+    else:
+        for failure in chosen:
+            print(dlq.describe(failure))
+        print(f"{len(chosen)} failed event(s).")
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    from . import registration
+
+    client = registration.make_client(api_key=args.api_key, host=args.host)
+    try:
+        if args.list:
+            for hook in registration.list_webhooks(client, project_id=args.project_id):
+                safe = registration.redact_webhook(hook)
+                types = ",".join(safe.get("event_types") or [])
+                print(f"{safe.get('webhook_id')}  {safe.get('name')}  {safe.get('url')}  {types}")
+        elif args.delete:
+            registration.delete_webhook(client, webhook_id=args.delete)
+            print(f"Deleted webhook {args.delete}.")
+        else:
+            if not args.base_url:
+                raise ConfigurationError("Give the receiver's public BASE_URL, or --list/--delete.")
+            receiver = _receiver(args.target) if args.target else Receiver()
+            hook = registration.create_webhook(
+                client,
+                url=receiver.webhook_url(args.base_url),
+                name=args.name,
+                event_types=args.event_types.split(","),
+                project_id=args.project_id,
+            )
+            safe = registration.redact_webhook(hook)
+            print(f"Registered webhook {safe.get('webhook_id')} for {safe.get('url')}.")
+    finally:
+        registration.close_client(client)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mem0-receiver", description="Receive Mem0 webhooks and handle them on workers."
@@ -172,6 +260,44 @@ def _parser() -> argparse.ArgumentParser:
     url.add_argument("--target", help="module:attribute of your Receiver (default: environment)")
 
     command("secret", cmd_secret, "Print a new strong secret for MEM0_RECEIVER_SECRETS.")
+
+    send = command("send", cmd_send, "POST sample Mem0 events to a receiver; a small load test.")
+    send.add_argument("url", metavar="URL", help="the receiver's URL (with its token, or not)")
+    send.add_argument("--event", default="memory_add", choices=EVENT_TYPES)
+    send.add_argument("--memory", help="memory text (default: Name is Alex)")
+    send.add_argument("--categories", help="comma-separated, for memory_categorize")
+    send.add_argument("--shape", default="nested", choices=["nested", "flat"])
+    send.add_argument(
+        "--scheme",
+        default="token",
+        choices=["token", "hmac", "standard", "none"],
+        help="how to sign, with MEM0_RECEIVER_SECRETS (default: token)",
+    )
+    send.add_argument("--count", type=int, default=1)
+    send.add_argument("--concurrency", type=int, default=1)
+    send.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+
+    dead = command("dlq", cmd_dlq, "List, replay or purge events whose handlers gave up.")
+    dead.add_argument("target", metavar="TARGET", help="module:attribute of your Receiver")
+    action = dead.add_mutually_exclusive_group()
+    action.add_argument("--replay", action="store_true", help="enqueue them again")
+    action.add_argument("--purge", action="store_true", help="delete them, after confirmation")
+    dead.add_argument("--handler", help="only this handler's failures")
+    dead.add_argument("--id", nargs="+", help="only these message or delivery ids")
+    dead.add_argument("--yes", action="store_true", help="purge without asking")
+
+    register = command("register", cmd_register, "Create, list or delete the webhook in Mem0.")
+    register.add_argument("base_url", metavar="BASE_URL", nargs="?", help="receiver's public URL")
+    register.add_argument("--event-types", default=",".join(EVENT_TYPES[:4]))
+    register.add_argument("--name", default="mem0-receiver")
+    register.add_argument("--project-id", help="default: the API key's project")
+    register.add_argument("--api-key", help="default: MEM0_API_KEY")
+    register.add_argument("--host", help="default: MEM0_HOST or https://api.mem0.ai")
+    register.add_argument(
+        "--target", help="module:attribute of your Receiver (default: environment)"
+    )
+    register.add_argument("--list", action="store_true", help="list the project's webhooks")
+    register.add_argument("--delete", metavar="WEBHOOK_ID", help="delete a webhook")
     return parser
 
 
