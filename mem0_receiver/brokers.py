@@ -14,7 +14,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO, Retries
+from dramatiq.middleware import AsyncIO, CurrentMessage, Retries
 
 from .errors import ConfigurationError
 from .failures import FailureStore, MemoryFailureStore, RedisFailureStore
@@ -27,6 +27,7 @@ __all__ = [
     "REDIS_SCHEMES",
     "build_broker",
     "check_broker",
+    "durability_problems",
     "failure_store",
     "is_durable",
     "redact",
@@ -64,6 +65,9 @@ def _equip(broker: dramatiq.Broker) -> dramatiq.Broker:
     # middleware starts (dramatiq/asyncio.py); without it they fail at run time.
     if not any(isinstance(m, AsyncIO) for m in broker.middleware):
         broker.add_middleware(AsyncIO())
+    # Handlers read their event from the current message (worker.py says why).
+    if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
+        broker.add_middleware(CurrentMessage())
     for index, middleware in enumerate(broker.middleware):
         if type(middleware) is Retries:
             durable = DurableRetries(
@@ -132,6 +136,39 @@ def check_broker(broker: dramatiq.Broker, url: str | None) -> None:
                 f"The broker at {redact(url)} does not answer ({type(exc).__name__}); "
                 "start Redis or fix MEM0_RECEIVER_BROKER_URL."
             ) from None
+
+
+def durability_problems(broker: dramatiq.Broker) -> list[str]:
+    """What in the broker's Redis settings could lose acknowledged events, one line each."""
+    if not isinstance(broker, RedisBroker):
+        return []
+    try:
+        config = broker.client.config_get("appendonly")
+        config.update(broker.client.config_get("maxmemory*"))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        return [
+            f"Could not reach Redis to check its persistence settings ({type(exc).__name__}); "
+            "requests get 503 until it answers."
+        ]
+    except redis.ResponseError:
+        # Managed services (ElastiCache, Memorystore, Upstash…) often disable CONFIG.
+        return [
+            "Could not read Redis's persistence settings (CONFIG is not allowed here); make "
+            "sure appendonly is yes and maxmemory-policy is noeviction."
+        ]
+    problems = []
+    if config.get("appendonly") != "yes":
+        problems.append(
+            "Redis has appendonly=no: a crash loses every acknowledged event since the last "
+            "snapshot. Fix: CONFIG SET appendonly yes (and set it in redis.conf)."
+        )
+    policy = config.get("maxmemory-policy", "noeviction")
+    if config.get("maxmemory", "0") != "0" and policy != "noeviction":
+        problems.append(
+            f"Redis has maxmemory-policy={policy}: under memory pressure it may evict queued "
+            "events and dedupe keys. Fix: CONFIG SET maxmemory-policy noeviction."
+        )
+    return problems
 
 
 def is_durable(broker: dramatiq.Broker) -> bool:

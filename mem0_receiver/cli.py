@@ -110,6 +110,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     receiver = _receiver(args.target)
     _require_durable(receiver, "worker")
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    receiver.check_durability()
     print(receiver.describe(), flush=True)
     os.environ[ENV_TARGET] = args.target
     argv = [
@@ -123,6 +125,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
     ]
     for queue in args.queues or []:
         argv += ["--queues", queue]
+    if args.log_level == "debug":
+        argv.append("--verbose")
     parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]
     sys.exit(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
 
@@ -254,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     worker.add_argument("--threads", type=int, default=8)
     worker.add_argument("--queues", nargs="*", help="only these queues (default: all)")
+    worker.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
 
     url = command("url", cmd_url, "Print the signed webhook URL to register with Mem0.")
     url.add_argument("base_url", metavar="BASE_URL", help="public URL, e.g. https://x.com/mem0")

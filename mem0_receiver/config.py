@@ -64,6 +64,7 @@ class Settings:
     verify: tuple[str, ...] = DEFAULT_VERIFY
     broker_url: str | None = None
     insecure: bool = False
+    strict: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     enqueue_timeout: float = DEFAULT_ENQUEUE_TIMEOUT
     dedupe_window: int = DEFAULT_DEDUPE_WINDOW

@@ -50,8 +50,8 @@ class Failure:
         attempts: int,
         exception: BaseException | None = None,
     ) -> Failure:
-        event = message["args"][0] if message.get("args") else {}
-        delivery = event.get("delivery", {}) if isinstance(event, dict) else {}
+        event = message.get("options", {}).get("mem0_event") or {}
+        delivery = event.get("delivery", {})
         return cls(
             id=message["message_id"],
             handler=handler,

@@ -30,6 +30,7 @@ from dramatiq.middleware import Middleware, Retries, SkipMessage
 from .failures import Failure, FailureStore
 from .janitor import Janitor
 from .tracking import Tracker
+from .worker import EVENT
 
 __all__ = ["DEFAULT_CRASH_LIMIT", "DeliveryGuard", "DurableRetries"]
 
@@ -103,7 +104,7 @@ class DeliveryGuard(Middleware):
 
     @staticmethod
     def _done_key(message: Any) -> str:
-        event = message.args[0]
+        event = message.options.get(EVENT, {})
         key = event.get("delivery", {}).get("idempotency_key") or message.message_id
         return f"{NAMESPACE}:done:{message.actor_name}:{key}"
 
@@ -174,7 +175,7 @@ class DeliveryGuard(Middleware):
 
     @staticmethod
     def _delivery(message: Any) -> str:
-        return str(message.args[0].get("delivery", {}).get("delivery_id", "-"))
+        return str(message.options.get(EVENT, {}).get("delivery", {}).get("delivery_id", "-"))
 
     def _end(self, attempt_key: str, *, message: Any = None, done: bool = False) -> None:
         order_key = seq = None

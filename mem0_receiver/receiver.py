@@ -14,7 +14,14 @@ from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
 from .app import build_app, json_response
-from .brokers import REDIS_SCHEMES, adopt, build_broker, is_durable, redact
+from .brokers import (
+    REDIS_SCHEMES,
+    adopt,
+    build_broker,
+    durability_problems,
+    is_durable,
+    redact,
+)
 from .config import (
     DEFAULT_DEDUPE_WINDOW,
     DEFAULT_ENQUEUE_TIMEOUT,
@@ -61,6 +68,8 @@ class Receiver:
             ``"standard"``.
         broker: A ``redis://`` URL or a dramatiq broker. None: in-memory, not durable.
         insecure: Accept requests without any verification (local experiments only).
+        strict: Refuse to start, rather than warn, when Redis could lose acknowledged
+            events (``appendonly`` off, an evicting ``maxmemory-policy``).
         max_body_bytes: Bodies over this size get 413.
         enqueue_timeout: Seconds to wait for the broker before answering 503.
         dedupe_window: Seconds during which a repeated delivery is not handled again.
@@ -75,6 +84,7 @@ class Receiver:
         verify: Sequence[str] | str | None = None,
         broker: str | dramatiq.Broker | None = None,
         insecure: bool = False,
+        strict: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         enqueue_timeout: float = DEFAULT_ENQUEUE_TIMEOUT,
         dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
@@ -91,6 +101,7 @@ class Receiver:
             broker_url=broker if isinstance(broker, str) else None,
             environ=environ,
             insecure=insecure,
+            strict=strict,
             max_body_bytes=max_body_bytes,
             enqueue_timeout=enqueue_timeout,
             dedupe_window=dedupe_window,
@@ -149,6 +160,7 @@ class Receiver:
             "verify": self.settings.verify,
             "broker": self._given_broker or self.settings.broker_url,
             "insecure": self.settings.insecure,
+            "strict": self.settings.strict,
             "max_body_bytes": self.settings.max_body_bytes,
             "enqueue_timeout": self.settings.enqueue_timeout,
             "dedupe_window": self.settings.dedupe_window,
@@ -256,8 +268,16 @@ class Receiver:
             line += " (in-memory broker: NOT durable, events are lost on restart; development only)"
         return line
 
+    def check_durability(self) -> None:
+        """Warn about (or, with ``strict=True``, refuse) Redis settings that lose events."""
+        for problem in durability_problems(self.broker):
+            if self.settings.strict:
+                raise ConfigurationError(problem + " (strict=True refuses to start.)")
+            logger.warning("%s", problem)
+
     async def startup(self) -> None:
         self.check()
+        self.check_durability()
         if self.settings.insecure:
             logger.warning("Verification is OFF (insecure=True): anyone can post events.")
         logger.info("%s", self.describe())

@@ -36,6 +36,7 @@ from starlette.testclient import TestClient
 from .events import EVENT_TYPES, event_from_json
 from .receiver import Receiver
 from .verify import TOKEN_PARAM, HmacVerifier, StandardVerifier, TokenVerifier, new_secret
+from .worker import EVENT
 
 # Starlette's TestClient returns httpx's (or httpx2's) Response, whichever is
 # installed; both have .status_code, .json() and .text.
@@ -242,7 +243,7 @@ class WebhookTester:
             message = dramatiq.Message.decode(queue.get_nowait())
             queue.task_done()
             handler = next(h for h in self.receiver.registry if h.actor_name == message.actor_name)
-            event = event_from_json(message.args[0])
+            event = event_from_json(message.options[EVENT])
             if handler.is_async:
                 _run_coroutine(handler.fn(event))
             else:

@@ -11,19 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import CurrentMessage
 
-from .events import MemoryEvent, event_from_json
+from .events import event_from_json
 from .registry import Handler
 
-__all__ = ["ORDER_KEY", "SEQ", "bind_handler", "bootstrap", "build_message"]
+__all__ = ["EVENT", "ORDER_KEY", "SEQ", "bind_handler", "bootstrap", "build_message"]
 
 #: Message options that carry per-memory order (read by guard.DeliveryGuard).
 ORDER_KEY = "mem0_order"
 SEQ = "mem0_seq"
+#: The message option that carries the event.
+EVENT = "mem0_event"
 
 logger = logging.getLogger("mem0_receiver.worker")
 
@@ -33,10 +37,14 @@ logger = logging.getLogger("mem0_receiver.worker")
 ENV_TARGET = "MEM0_RECEIVER_TARGET"
 
 
-def _runner(handler: Handler) -> Callable[[dict[str, Any]], Any]:
+def _runner(handler: Handler) -> Callable[[], None]:
     fn = handler.fn
 
-    def log_start(event: MemoryEvent) -> None:
+    def run() -> None:
+        message = CurrentMessage.get_current_message()
+        if message is None:  # pragma: no cover - CurrentMessage is always installed
+            raise RuntimeError("mem0-receiver handlers run only inside a dramatiq worker.")
+        event = event_from_json(message.options[EVENT])
         logger.debug(
             "Running handler=%s delivery=%s event=%s memory_id=%s",
             handler.name,
@@ -44,22 +52,14 @@ def _runner(handler: Handler) -> Callable[[dict[str, Any]], Any]:
             event.event_type,
             event.memory_id,
         )
-
-    if handler.is_async:
-
-        async def run_async(event: dict[str, Any]) -> None:
-            parsed = event_from_json(event)
-            log_start(parsed)
-            result: Awaitable[Any] = fn(parsed)
-            await result
-
-        run_async.__name__ = handler.name
-        return run_async
-
-    def run(event: dict[str, Any]) -> None:
-        parsed = event_from_json(event)
-        log_start(parsed)
-        fn(parsed)
+        if handler.is_async:
+            # As dramatiq's async_to_sync does, on the AsyncIO middleware's loop.
+            loop_thread = get_event_loop_thread()
+            if loop_thread is None:  # pragma: no cover - AsyncIO is always installed
+                raise RuntimeError("The AsyncIO middleware is missing from the broker.")
+            loop_thread.run_coroutine(fn(event))
+        else:
+            fn(event)
 
     run.__name__ = handler.name
     return run
@@ -92,7 +92,10 @@ def build_message(handler: Handler, event_json: dict[str, Any]) -> dramatiq.Mess
     sequence number, which the enqueuer replaces with the next number for that
     handler and memory when the broker takes the message (see guard.py).
     """
-    options: dict[str, Any] = {}
+    # The event travels in the options, not the arguments: dramatiq logs
+    # messages as "actor(*args)" (dramatiq/message.py, Message.__str__), at
+    # WARNING and ERROR too, and memory text must never reach a log.
+    options: dict[str, Any] = {EVENT: event_json}
     memory_id = event_json.get("memory_id")
     if memory_id:
         options[ORDER_KEY] = f"mem0_receiver:order:{handler.actor_name}:{memory_id}"
@@ -100,7 +103,7 @@ def build_message(handler: Handler, event_json: dict[str, Any]) -> dramatiq.Mess
     return dramatiq.Message(
         queue_name=handler.queue_name,
         actor_name=handler.actor_name,
-        args=(event_json,),
+        args=(),
         kwargs={},
         options=options,
     )

@@ -85,10 +85,10 @@ def test_events_about_one_memory_are_applied_in_the_order_received(
     failed_once: set[str] = set()
     lock = threading.Lock()
 
-    @receiver.on("memory_add", "memory_update", "memory_delete", max_retries=3, **FAST)
+    @receiver.on("memory_add", "memory_update", "memory_delete", min_backoff=500, max_backoff=600)
     def mirror(event: MemoryEvent) -> None:
-        # The add of m1 fails once: its update and delete must wait for it,
-        # while events about m2 go ahead.
+        # The add of m1 fails once and is retried half a second later: its
+        # update and delete must wait for it, while events about m2 go ahead.
         if event.memory_id == "m1" and event.event_type == "memory_add" and "m1" not in failed_once:
             failed_once.add("m1")
             raise RuntimeError("first try fails")

@@ -99,3 +99,35 @@ def test_uvicorn_start_up_without_a_secret_fails_in_one_line(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "Did you forget to set MEM0_RECEIVER_SECRETS?" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_start_up_warns_when_redis_could_lose_acknowledged_events(
+    make_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    volatile = make_redis(appendonly=False)
+    volatile.client().config_set("maxmemory", "100mb")
+    volatile.client().config_set("maxmemory-policy", "allkeys-lru")
+    receiver = Receiver(secrets=[new_secret()], broker=volatile.url, environ={})
+    receiver.check_durability()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("appendonly=no" in m and "CONFIG SET appendonly yes" in m for m in messages)
+    assert any("maxmemory-policy=allkeys-lru" in m and "noeviction" in m for m in messages)
+
+
+def test_strict_receiver_refuses_to_start_on_redis_without_appendonly(make_redis: Any) -> None:
+    volatile = make_redis(appendonly=False)
+    receiver = Receiver(secrets=[new_secret()], broker=volatile.url, strict=True, environ={})
+    with pytest.raises(ConfigurationError, match="appendonly=no.*strict=True refuses to start"):
+        receiver.check_durability()
+    durable = make_redis(appendonly=True)
+    Receiver(secrets=[new_secret()], broker=durable.url, strict=True, environ={}).check_durability()
+
+
+def test_redis_without_config_access_gets_a_warning_not_a_failure(
+    make_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    managed = make_redis(appendonly=True)
+    managed.client().execute_command("ACL", "SETUSER", "default", "-config")
+    receiver = Receiver(secrets=[new_secret()], broker=managed.url, environ={})
+    receiver.check_durability()
+    assert any("CONFIG is not allowed here" in r.getMessage() for r in caplog.records)
