@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from .errors import EnqueueError, PayloadError, VerificationError
 from .events import Delivery, parse_event, utcnow
 from .verify import TOKEN_PARAM
-from .worker import build_message
+from .worker import encode_message
 
 if TYPE_CHECKING:
     from .receiver import Receiver
@@ -157,25 +157,17 @@ class WebhookEndpoint:
         self._note_unknown(event.event_type)
         if not handlers:
             return json_response(202, {"status": "ignored", "delivery_id": delivery.delivery_id})
-        event_json = event.model_dump(mode="json")
-        messages = [build_message(handler, event_json) for handler in handlers]
+        event_json = event.model_dump_json()
+        messages = [encode_message(handler, event_json, event.memory_id) for handler in handlers]
         try:
             enqueuer = await self.receiver.enqueuer()
-            seen = await asyncio.wait_for(
-                enqueuer.enqueue(key, delivery.delivery_id, messages),
-                timeout=self.settings.enqueue_timeout,
-            )
-        except (EnqueueError, asyncio.TimeoutError) as exc:
-            reason = (
-                "did not answer in time"
-                if isinstance(exc, asyncio.TimeoutError)
-                else "is unavailable"
-            )
-            logger.warning("Enqueue failed delivery=%s: %s", delivery.delivery_id, exc or reason)
+            seen = await enqueuer.enqueue(key, delivery.delivery_id, messages)
+        except EnqueueError as exc:
+            logger.warning("Enqueue failed delivery=%s: %s", delivery.delivery_id, exc)
             return _error(
                 503,
                 "broker_unavailable",
-                f"The queue {reason}; the event was not accepted. Retry later.",
+                "The queue is unavailable or slow; the event was not accepted. Retry later.",
                 {"Retry-After": RETRY_AFTER},
             )
         if seen is not None:

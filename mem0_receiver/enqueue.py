@@ -15,19 +15,21 @@ the acknowledgement's critical path. Two implementations:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import dramatiq
-import redis.asyncio
 from dramatiq.brokers.stub import StubBroker
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from .errors import BrokerUnavailable, EnqueueError
+from .resp import Connection, pack
 from .tracking import ORDER_TTL
-from .worker import ORDER_KEY, SEQ
+from .worker import SEQ, Outgoing
 
 __all__ = ["BrokerEnqueuer", "Enqueuer", "RedisEnqueuer"]
 
@@ -63,18 +65,18 @@ for i = 4, #ARGV, 5 do
 end
 return false
 """
+_SCRIPT_SHA = hashlib.sha1(_ENQUEUE_SCRIPT.encode()).hexdigest()
 
 
 class Enqueuer(Protocol):
     """What the HTTP edge needs from the queue."""
 
-    async def enqueue(
-        self, key: str, delivery_id: str, messages: Sequence[dramatiq.Message[Any]]
-    ) -> str | None:
+    async def enqueue(self, key: str, delivery_id: str, messages: Sequence[Outgoing]) -> str | None:
         """Enqueue ``messages`` unless ``key`` was seen within the window.
 
         Returns ``None`` when enqueued, or the first delivery's id for a duplicate.
-        Raises EnqueueError when the broker does not take them.
+        Raises EnqueueError when the broker does not take them within the
+        enqueuer's timeout.
         """
 
     async def ping(self) -> bool:
@@ -84,7 +86,13 @@ class Enqueuer(Protocol):
 
 
 class RedisEnqueuer:
-    """Group-committed enqueue onto dramatiq's Redis broker layout."""
+    """Group-committed enqueue onto dramatiq's Redis broker layout.
+
+    Requests that arrive while a batch is in flight wait for the next one, so
+    under load each write carries many requests; ``lanes`` bounds the
+    connections (and batches in flight). Every request gets its answer, or an
+    EnqueueError, within ``timeout`` seconds of calling :meth:`enqueue`.
+    """
 
     def __init__(
         self,
@@ -93,98 +101,134 @@ class RedisEnqueuer:
         namespace: str = "dramatiq",
         timeout: float,
         dedupe_window: int,
-        max_connections: int = 32,
+        lanes: int = 4,
     ) -> None:
-        self._pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-        )
-        self._client = redis.asyncio.Redis(connection_pool=self._pool)
+        self._idle = [Connection(url, connect_timeout=timeout) for _ in range(lanes)]
         self._namespace = namespace
-        self._window_ms = str(dedupe_window * 1000)
-        self._sha: str | None = None
-        self._batch: list[tuple[list[Any], asyncio.Future[str | None]]] = []
+        self._timeout = timeout
+        self._window_ms = str(dedupe_window * 1000).encode()
+        self._order_ttl = str(ORDER_TTL).encode()
+        self._pending: list[_Request] = []
+        self._scheduled = False
         self._writes: set[asyncio.Task[None]] = set()
 
-    async def enqueue(
-        self, key: str, delivery_id: str, messages: Sequence[dramatiq.Message[Any]]
-    ) -> str | None:
-        args: list[Any] = [
+    async def enqueue(self, key: str, delivery_id: str, messages: Sequence[Outgoing]) -> str | None:
+        args: list[bytes | str] = [
+            b"EVALSHA",
+            _SCRIPT_SHA,
+            b"1",
             f"{self._namespace}:dedupe:{key}",
             delivery_id,
             self._window_ms,
-            ORDER_TTL,
+            self._order_ttl,
         ]
         for message in messages:
-            redis_id = message.message_id
-            encoded = message.copy(options={"redis_message_id": redis_id}).encode()
-            order_key = message.options.get(ORDER_KEY, "")
-            placeholder = message.options.get(SEQ, "") if order_key else ""
             queue = f"{self._namespace}:{message.queue_name}"
-            args += (queue, redis_id, encoded, order_key, placeholder)
+            order_key, placeholder = message.order_key or "", message.placeholder or ""
+            args += (queue, message.message_id, message.body, order_key, placeholder)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[str | None] = loop.create_future()
-        self._batch.append((args, future))
-        if len(self._batch) == 1:
+        request = _Request(pack(*args), loop.create_future(), loop.time() + self._timeout)
+        self._pending.append(request)
+        if not self._scheduled:
+            self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return await request.future
 
     def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        task = asyncio.ensure_future(self._write(batch))
+        self._scheduled = False
+        if not self._pending or not self._idle:
+            return  # A lane that finishes flushes what is pending.
+        connection = self._idle.pop()
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._write(connection, batch))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _write(self, batch: list[tuple[list[Any], asyncio.Future[str | None]]]) -> None:
+    async def _write(self, connection: Connection, batch: list[_Request]) -> None:
         try:
-            results = await self._execute(batch)
-            if any(isinstance(result, NoScriptError) for result in results):
-                # Redis restarted and forgot the script: load it and run again.
-                self._sha = None
-                results = await self._execute(batch)
+            remaining = (
+                min(request.deadline for request in batch) - asyncio.get_running_loop().time()
+            )
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            replies = await asyncio.wait_for(self._execute(connection, batch), remaining)
+        except asyncio.TimeoutError:
+            connection.close()
+            _fail(batch, EnqueueError("Redis did not answer in time."))
         except (RedisError, OSError) as exc:
-            error = BrokerUnavailable(f"Redis did not take the message: {type(exc).__name__}.")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(EnqueueError(f"Redis refused the message: {result}."))
-            else:
-                future.set_result(result.decode() if isinstance(result, bytes) else None)
+            _fail(
+                batch, BrokerUnavailable(f"Redis did not take the message: {type(exc).__name__}.")
+            )
+        else:
+            for request, reply in zip(batch, replies, strict=True):
+                if request.future.done():
+                    continue
+                if isinstance(reply, Exception):
+                    request.future.set_exception(
+                        EnqueueError(f"Redis refused the message: {reply}.")
+                    )
+                else:
+                    request.future.set_result(reply.decode() if isinstance(reply, bytes) else None)
+        finally:
+            self._idle.append(connection)
+            if self._pending and not self._scheduled:
+                self._flush()
 
-    async def _execute(self, batch: list[tuple[list[Any], asyncio.Future[str | None]]]) -> Any:
-        if self._sha is None:
-            self._sha = await self._client.script_load(_ENQUEUE_SCRIPT)
-        pipe = self._client.pipeline(transaction=False)
-        for args, _ in batch:
-            pipe.evalsha(self._sha, 1, *args)
-        return await pipe.execute(raise_on_error=False)
+    async def _execute(self, connection: Connection, batch: list[_Request]) -> list[Any]:
+        replies = await connection.execute([request.command for request in batch])
+        missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        if missing:
+            # Redis restarted and forgot the script: load it, run those again.
+            commands = [pack("SCRIPT", "LOAD", _ENQUEUE_SCRIPT)]
+            commands += [batch[i].command for i in missing]
+            retried = await connection.execute(commands)
+            for i, reply in zip(missing, retried[1:], strict=True):
+                replies[i] = reply
+        return replies
 
     async def ping(self) -> bool:
+        if not self._idle:
+            return True  # Every lane is busy writing: Redis is answering.
+        connection = self._idle.pop()
         try:
-            return bool(await self._client.ping())
-        except (RedisError, OSError):
+            replies = await asyncio.wait_for(connection.execute([pack("PING")]), self._timeout)
+            return bool(replies[0] == b"PONG")
+        except (asyncio.TimeoutError, RedisError, OSError):
+            connection.close()
             return False
+        finally:
+            self._idle.append(connection)
 
     async def aclose(self) -> None:
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
-        await self._client.aclose()
-        await self._pool.disconnect()
+        for connection in self._idle:
+            connection.close()
+
+
+@dataclass(frozen=True)
+class _Request:
+    command: bytes
+    future: asyncio.Future[str | None]
+    deadline: float
+
+
+def _fail(batch: list[_Request], error: Exception) -> None:
+    for request in batch:
+        if not request.future.done():
+            request.future.set_exception(error)
+
+
+def _is_noscript(reply: object) -> bool:
+    return isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT")
 
 
 class BrokerEnqueuer:
     """Enqueue through any dramatiq broker; duplicates are remembered in this process."""
 
-    def __init__(self, broker: dramatiq.Broker, *, dedupe_window: int) -> None:
+    def __init__(self, broker: dramatiq.Broker, *, timeout: float, dedupe_window: int) -> None:
         self._broker = broker
+        self._timeout = timeout
         self._window = dedupe_window
         self._seen: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._sequences: Counter[str] = Counter()
@@ -198,9 +242,7 @@ class BrokerEnqueuer:
         entry = self._seen.get(key)
         return entry[0] if entry else None
 
-    async def enqueue(
-        self, key: str, delivery_id: str, messages: Sequence[dramatiq.Message[Any]]
-    ) -> str | None:
+    async def enqueue(self, key: str, delivery_id: str, messages: Sequence[Outgoing]) -> str | None:
         now = time.monotonic()
         seen = self._remembered(key, now)
         if seen is not None:
@@ -208,13 +250,15 @@ class BrokerEnqueuer:
         # Claim the key before yielding to the loop, so that a concurrent
         # duplicate sees it; give it back if the broker refuses.
         self._seen[key] = (delivery_id, now + self._window)
-        messages = [self._numbered(message) for message in messages]
+        decoded = [self._numbered(message) for message in messages]
         try:
             if isinstance(self._broker, StubBroker):
-                for message in messages:
-                    self._broker.enqueue(message)
+                self._enqueue_all(decoded)
             else:
-                await asyncio.to_thread(self._enqueue_all, messages)
+                await asyncio.wait_for(asyncio.to_thread(self._enqueue_all, decoded), self._timeout)
+        except asyncio.TimeoutError:
+            self._seen.pop(key, None)
+            raise EnqueueError("The broker did not confirm the message in time.") from None
         except Exception as exc:
             self._seen.pop(key, None)
             raise BrokerUnavailable(
@@ -222,12 +266,12 @@ class BrokerEnqueuer:
             ) from exc
         return None
 
-    def _numbered(self, message: dramatiq.Message[Any]) -> dramatiq.Message[Any]:
-        order_key = message.options.get(ORDER_KEY)
-        if not order_key:
+    def _numbered(self, outgoing: Outgoing) -> dramatiq.Message[Any]:
+        message = outgoing.to_message()
+        if not outgoing.order_key:
             return message
-        self._sequences[order_key] += 1
-        return message.copy(options={SEQ: self._sequences[order_key]})
+        self._sequences[outgoing.order_key] += 1
+        return message.copy(options={SEQ: self._sequences[outgoing.order_key]})
 
     def _enqueue_all(self, messages: Sequence[dramatiq.Message[Any]]) -> None:
         for message in messages:

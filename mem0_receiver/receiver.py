@@ -224,7 +224,9 @@ class Receiver:
                 )
             else:
                 self._enqueuer = BrokerEnqueuer(
-                    self.broker, dedupe_window=self.settings.dedupe_window
+                    self.broker,
+                    timeout=self.settings.enqueue_timeout,
+                    dedupe_window=self.settings.dedupe_window,
                 )
             self._enqueuer_loop = loop
         return self._enqueuer

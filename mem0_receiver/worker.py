@@ -8,10 +8,12 @@ pickle, and the same pydantic classes rebuild it here.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import uuid
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -21,7 +23,7 @@ from dramatiq.middleware import CurrentMessage
 from .events import event_from_json
 from .registry import Handler
 
-__all__ = ["EVENT", "ORDER_KEY", "SEQ", "bind_handler", "bootstrap", "build_message"]
+__all__ = ["EVENT", "ORDER_KEY", "SEQ", "Outgoing", "bind_handler", "bootstrap", "encode_message"]
 
 #: Message options that carry per-memory order (read by guard.DeliveryGuard).
 ORDER_KEY = "mem0_order"
@@ -85,28 +87,46 @@ def bind_handler(broker: dramatiq.Broker, handler: Handler) -> dramatiq.Actor[An
     )
 
 
-def build_message(handler: Handler, event_json: dict[str, Any]) -> dramatiq.Message[Any]:
-    """The message that runs ``handler`` on one event.
+@dataclass(frozen=True)
+class Outgoing:
+    """One handler's message about one event, already encoded as dramatiq's JSON."""
 
-    Events about a memory carry an order key and a placeholder for their
-    sequence number, which the enqueuer replaces with the next number for that
-    handler and memory when the broker takes the message (see guard.py).
+    queue_name: str
+    message_id: str
+    body: bytes
+    #: For events about a memory: the order hash, and the placeholder string
+    #: the enqueuer replaces with the message's sequence number.
+    order_key: str | None = None
+    placeholder: str | None = None
+
+    def to_message(self) -> dramatiq.Message[Any]:
+        return dramatiq.Message.decode(self.body)
+
+
+def encode_message(handler: Handler, event_json: str, memory_id: str | None) -> Outgoing:
+    """The message that runs ``handler`` on one event (``event.model_dump_json()``).
+
+    Built as text rather than through ``dramatiq.Message.encode()``: this runs
+    on the acknowledgement path, and the event is already JSON. The result is
+    what ``Message(...).encode()`` would give, and ``Message.decode`` reads it.
+    The event travels in the options, not the arguments, because dramatiq logs
+    messages as "actor(*args)" (dramatiq/message.py, ``Message.__str__``), at
+    WARNING and ERROR too, and memory text must never reach a log.
     """
-    # The event travels in the options, not the arguments: dramatiq logs
-    # messages as "actor(*args)" (dramatiq/message.py, Message.__str__), at
-    # WARNING and ERROR too, and memory text must never reach a log.
-    options: dict[str, Any] = {EVENT: event_json}
-    memory_id = event_json.get("memory_id")
+    message_id = os.urandom(16).hex()
+    options = f'"{EVENT}":{event_json},"redis_message_id":"{message_id}"'
+    order_key = placeholder = None
     if memory_id:
-        options[ORDER_KEY] = f"mem0_receiver:order:{handler.actor_name}:{memory_id}"
-        options[SEQ] = uuid.uuid4().hex
-    return dramatiq.Message(
-        queue_name=handler.queue_name,
-        actor_name=handler.actor_name,
-        args=(),
-        kwargs={},
-        options=options,
+        order_key = f"mem0_receiver:order:{handler.actor_name}:{memory_id}"
+        placeholder = os.urandom(16).hex()
+        options += f',"{ORDER_KEY}":{json.dumps(order_key)},"{SEQ}":"{placeholder}"'
+    body = (
+        f'{{"queue_name":{json.dumps(handler.queue_name)},'
+        f'"actor_name":{json.dumps(handler.actor_name)},"args":[],"kwargs":{{}},'
+        f'"options":{{{options}}},"message_id":"{message_id}",'
+        f'"message_timestamp":{int(time.time() * 1000)}}}'
     )
+    return Outgoing(handler.queue_name, message_id, body.encode(), order_key, placeholder)
 
 
 def bootstrap() -> None:

@@ -12,12 +12,15 @@ from dramatiq.brokers.stub import StubBroker
 
 from mem0_receiver.enqueue import BrokerEnqueuer, RedisEnqueuer
 from mem0_receiver.errors import BrokerUnavailable
+from mem0_receiver.registry import Handler
+from mem0_receiver.worker import Outgoing, encode_message
 
 
-def message(n: int, queue: str = "mem0") -> dramatiq.Message:  # type: ignore[type-arg]
-    return dramatiq.Message(
-        queue_name=queue, actor_name="mem0_receiver.h", args=({"n": n},), kwargs={}, options={}
+def message(n: int, queue: str = "mem0", memory_id: str | None = None) -> Outgoing:
+    handler = Handler(
+        name="h", fn=lambda event: None, event_types=frozenset({"*"}), queue_name=queue
     )
+    return encode_message(handler, json.dumps({"n": n}), memory_id)
 
 
 def test_messages_land_in_dramatiqs_redis_layout(redis_server: RedisServer, redis_url: str) -> None:
@@ -29,9 +32,10 @@ def test_messages_land_in_dramatiqs_redis_layout(redis_server: RedisServer, redi
     asyncio.run(scenario())
     client = redis_server.client()
     (redis_id,) = client.lrange("dramatiq:mem0", 0, -1)
-    stored = json.loads(client.hget("dramatiq:mem0.msgs", redis_id))
-    assert stored["options"]["redis_message_id"] == redis_id.decode()
-    assert stored["args"] == [{"n": 1}]
+    stored = dramatiq.Message.decode(client.hget("dramatiq:mem0.msgs", redis_id))
+    assert stored.options["redis_message_id"] == redis_id.decode()
+    assert stored.options["mem0_event"] == {"n": 1}
+    assert (stored.actor_name, stored.queue_name) == ("mem0_receiver.h", "mem0")
     assert client.llen("dramatiq:sync") == 1
     assert 59_000 < client.pttl("dramatiq:dedupe:k1") <= 60_000
 
@@ -61,12 +65,35 @@ def test_enqueue_survives_redis_forgetting_the_script(
     async def scenario() -> None:
         enqueuer = RedisEnqueuer(redis_url, timeout=1, dedupe_window=60)
         await enqueuer.enqueue("a", "d1", [message(1)])
-        await enqueuer._client.script_flush()
+        redis_server.client().script_flush()
         assert await enqueuer.enqueue("b", "d2", [message(2)]) is None
         await enqueuer.aclose()
 
     asyncio.run(scenario())
     assert redis_server.client().llen("dramatiq:mem0") == 2
+
+
+def test_events_about_a_memory_are_numbered_in_the_order_received(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    async def scenario() -> None:
+        enqueuer = RedisEnqueuer(redis_url, timeout=1, dedupe_window=60)
+        for n in range(3):
+            await enqueuer.enqueue(f"k{n}", f"d{n}", [message(n, memory_id="m1")])
+        await enqueuer.enqueue("k9", "d9", [message(9, memory_id="m2")])
+        await enqueuer.aclose()
+
+    asyncio.run(scenario())
+    client = redis_server.client()
+    ids = client.lrange("dramatiq:mem0", 0, -1)
+    stored = [dramatiq.Message.decode(client.hget("dramatiq:mem0.msgs", i)) for i in ids]
+    assert [(m.options["mem0_event"]["n"], m.options["mem0_seq"]) for m in stored] == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (9, 1),
+    ]
+    assert client.hget("mem0_receiver:order:mem0_receiver.h:m1", "seq") == b"3"
 
 
 def test_unreachable_redis_raises_broker_unavailable_and_writes_nothing(make_redis: object) -> None:
@@ -88,7 +115,7 @@ def test_broker_enqueuer_forgets_a_delivery_the_broker_refused() -> None:
     broker = StubBroker()  # "mem0" is not declared, so the first enqueue fails
 
     async def scenario() -> None:
-        enqueuer = BrokerEnqueuer(broker, dedupe_window=60)
+        enqueuer = BrokerEnqueuer(broker, timeout=1, dedupe_window=60)
         with pytest.raises(BrokerUnavailable):
             await enqueuer.enqueue("k", "d1", [message(1)])
         broker.declare_queue("mem0")

@@ -16,7 +16,7 @@ from mem0_receiver.brokers import failure_store
 from mem0_receiver.events import Delivery, parse_event, utcnow
 from mem0_receiver.testing import make_body
 from mem0_receiver.verify import new_secret
-from mem0_receiver.worker import build_message
+from mem0_receiver.worker import encode_message
 
 FAST = {"min_backoff": 10, "max_backoff": 40}
 
@@ -112,8 +112,7 @@ def redelivery(receiver: Receiver, body: bytes, *, delivery_id: str, key: str) -
     delivery = Delivery(delivery_id=delivery_id, received_at=utcnow(), idempotency_key=key)
     event = parse_event(body, delivery=delivery)
     (handler,) = receiver.handlers
-    message = build_message(handler, event.model_dump(mode="json"))
-    message.options.pop("mem0_order")
+    message = encode_message(handler, event.model_dump_json(), memory_id=None).to_message()
     receiver.broker.enqueue(message)
 
 
