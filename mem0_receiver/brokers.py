@@ -8,7 +8,7 @@ across a restart and is for development only.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import dramatiq
 import redis
@@ -78,7 +78,7 @@ def _equip(broker: dramatiq.Broker) -> dramatiq.Broker:
             )
             broker.middleware[index] = durable
     if isinstance(broker, RedisBroker):
-        tracker: Tracker = RedisTracker(broker.client)
+        tracker: Tracker = RedisTracker(_url_of(broker.client), timeout=DEFAULT_SOCKET_TIMEOUT)
         failures: FailureStore = RedisFailureStore(broker.client)
     else:
         tracker, failures = MemoryTracker(), MemoryFailureStore()
@@ -86,6 +86,19 @@ def _equip(broker: dramatiq.Broker) -> dramatiq.Broker:
     # Retries' (dramatiq calls "after" hooks in reverse) and sees message.failed.
     broker.add_middleware(DeliveryGuard(tracker=tracker, failures=failures), before=DurableRetries)
     return broker
+
+
+def _url_of(client: redis.Redis) -> str:
+    """A URL for the server a redis-py client talks to (for our own connections)."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    scheme = "rediss" if client.connection_pool.connection_class is redis.SSLConnection else "redis"
+    user = quote(kwargs.get("username") or "", safe="")
+    password = quote(kwargs.get("password") or "", safe="")
+    auth = f"{user}:{password}@" if password else ""
+    host, port, db = kwargs.get("host", "localhost"), kwargs.get("port", 6379), kwargs.get("db", 0)
+    return f"{scheme}://{auth}{host}:{port}/{db}"
 
 
 def failure_store(broker: dramatiq.Broker) -> FailureStore:

@@ -5,7 +5,9 @@ For every message of a mem0-receiver handler:
 * **poison pills**: runs are counted before the handler starts; a message
   whose runs keep killing their process (out of memory, a segfault) goes to
   the failure store after ``crash_limit`` runs instead of looping forever,
-  since dramatiq's retry counting never sees an exception in that case;
+  since dramatiq's retry counting never sees an exception in that case. A
+  message that was in flight during a crash runs alone in its process next
+  time, so that only the culprit's count grows;
 * **completed work is not repeated**: a redelivered message whose handler
   already succeeded is skipped (keyed by handler and idempotency key);
 * **per-memory order**: the receiver numbers each handler's messages per
@@ -20,6 +22,7 @@ For every message of a mem0-receiver handler:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -81,6 +84,34 @@ class DurableRetries(Retries):
         )
 
 
+class _Gate:
+    """Shared entry for ordinary runs, exclusive entry for suspects of a crash."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._mode = threading.local()
+
+    def enter(self, *, exclusive: bool) -> None:
+        with self._condition:
+            if exclusive:
+                self._condition.wait_for(lambda: not self._exclusive and self._shared == 0)
+                self._exclusive = True
+            else:
+                self._condition.wait_for(lambda: not self._exclusive)
+                self._shared += 1
+        self._mode.exclusive = exclusive
+
+    def leave(self) -> None:
+        with self._condition:
+            if self._mode.exclusive:
+                self._exclusive = False
+            else:
+                self._shared -= 1
+            self._condition.notify_all()
+
+
 class DeliveryGuard(Middleware):
     """Attempts, completed work, order and failures for mem0-receiver's actors."""
 
@@ -95,6 +126,8 @@ class DeliveryGuard(Middleware):
         self.failures = failures
         self.crash_limit = crash_limit
         self._janitor: Janitor | None = None
+        self._gate = _Gate()
+        self._held = threading.local()
 
     # Keys ---------------------------------------------------------------
 
@@ -143,12 +176,26 @@ class DeliveryGuard(Middleware):
         if state.attempts > self.crash_limit:
             self._give_up(message, reason="worker crashed", attempts=state.attempts - 1)
             raise SkipMessage
+        # A message that was running when its process died may be the culprit
+        # or a bystander: it runs alone in this process from now on, so a
+        # crash counts against it only, and bystanders are never failed.
+        self._gate.enter(exclusive=state.attempts > 1)
+        self._held.mode = True
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        if getattr(self._held, "mode", False):
+            self._held.mode = False
+            self._gate.leave()
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
         if not message.actor_name.startswith(ACTOR_PREFIX):
             return
+        self._leave()
         if exception is None:
             self._end(self._attempt_key(message), message=message, done=True)
         elif message.failed:
@@ -170,6 +217,9 @@ class DeliveryGuard(Middleware):
         if self._janitor is not None:
             self._janitor.stop()
             self._janitor = None
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.tracker.close()
 
     # Helpers ------------------------------------------------------------
 

@@ -13,12 +13,15 @@ in-memory broker), each read and written by one script per hook:
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-import redis
+from redis.exceptions import ResponseError
+
+from .resp import SyncConnection, pack
 
 __all__ = ["Begin", "MemoryTracker", "RedisTracker", "Tracker"]
 
@@ -44,6 +47,8 @@ class Tracker(Protocol):
         self, attempt_key: str, *, done_key: str | None, order_key: str | None, seq: int | None
     ) -> None:
         """Forget the attempt; mark the work done; move the memory's order past ``seq``."""
+
+    def close(self) -> None: ...
 
 
 _BEGIN = """
@@ -74,13 +79,21 @@ return 1
 
 
 class RedisTracker:
-    def __init__(self, client: redis.Redis) -> None:
-        self._begin = client.register_script(_BEGIN)
-        self._end = client.register_script(_END)
+    def __init__(self, url: str, *, timeout: float) -> None:
+        self._connection = SyncConnection(url, timeout=timeout)
+
+    def _run(self, script: str, *args: str | int) -> Any:
+        sha = hashlib.sha1(script.encode()).hexdigest()
+        reply = self._connection.execute(pack("EVALSHA", sha, *args))
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            reply = self._connection.execute(pack("EVAL", script, *args))
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def begin(self, attempt_key: str, done_key: str, order_key: str | None) -> Begin:
-        attempts, done, applied = self._begin(
-            keys=[attempt_key, done_key], args=[ATTEMPT_TTL, order_key or ""]
+        attempts, done, applied = self._run(
+            _BEGIN, 2, attempt_key, done_key, ATTEMPT_TTL, order_key or ""
         )
         return Begin(int(attempts), bool(done), int(applied))
 
@@ -88,10 +101,10 @@ class RedisTracker:
         self, attempt_key: str, *, done_key: str | None, order_key: str | None, seq: int | None
     ) -> None:
         ordered = order_key if order_key and seq else ""
-        self._end(
-            keys=[attempt_key],
-            args=[done_key or "", DONE_TTL, ordered, seq or 0, ORDER_TTL],
-        )
+        self._run(_END, 1, attempt_key, done_key or "", DONE_TTL, ordered, seq or 0, ORDER_TTL)
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 class MemoryTracker:
@@ -119,3 +132,6 @@ class MemoryTracker:
                 self._done[done_key] = time.monotonic() + DONE_TTL
             if order_key and seq:
                 self._applied[order_key] = max(seq, self._applied.get(order_key, 0))
+
+    def close(self) -> None:
+        return None
