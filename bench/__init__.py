@@ -1,0 +1,1 @@
+"""Benchmark harness for mem0-receiver (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""ASGI apps compared by bench/run.py; each exposes ``app`` and ``signed_url(base)``."""

@@ -1,0 +1,1 @@
+"""Worker-side modules for bench/run.py's measure_workers()."""
