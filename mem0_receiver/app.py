@@ -13,11 +13,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -48,10 +48,44 @@ def json_response(
     return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
-def _error(
-    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
-) -> Response:
-    return json_response(status, {"error": error, "detail": detail}, headers)
+class Reply:
+    """A JSON answer, sent as two raw ASGI messages (cheaper than a Starlette Response)."""
+
+    __slots__ = ("body", "headers", "status_code")
+
+    def __init__(
+        self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.status_code = status
+        self.body = json.dumps(body, separators=(",", ":")).encode()
+        self.headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+        for name, value in (headers or {}).items():
+            self.headers.append((name.lower().encode(), value.encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.headers}
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def _error(status: int, error: str, detail: str, headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply(status, {"error": error, "detail": detail}, headers)
+
+
+def _query_param(query: bytes, name: bytes) -> str | None:
+    """The first value of ``name`` in a raw query string (what parse_qsl would give)."""
+    if name + b"=" not in query:
+        return None
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key == name:
+            text = value.decode("latin-1")
+            return unquote_plus(text) if "%" in text or "+" in text else text
+    return None
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -107,9 +141,7 @@ class WebhookEndpoint:
             (time.perf_counter() - started) * 1000,
         )
 
-    async def handle(
-        self, scope: Scope, receive: Receive, context: dict[str, Any]
-    ) -> Response | None:
+    async def handle(self, scope: Scope, receive: Receive, context: dict[str, Any]) -> Reply | None:
         if scope["method"] != "POST":
             return _error(405, "method_not_allowed", "Send webhooks with POST.", {"Allow": "POST"})
         headers = {
@@ -138,8 +170,9 @@ class WebhookEndpoint:
             key = "id:" + hashlib.sha256(sender_id.encode()).hexdigest()
         else:
             key = "body:" + hashlib.sha256(body).hexdigest()
-        delivery = Delivery(
-            delivery_id=sender_id or uuid.uuid4().hex,
+        # Built from trusted values, so without validation (it is on the hot path).
+        delivery = Delivery.model_construct(
+            delivery_id=sender_id or os.urandom(16).hex(),
             received_at=utcnow(),
             idempotency_key=key,
         )
@@ -156,7 +189,7 @@ class WebhookEndpoint:
         handlers = self.receiver.registry.handlers_for(event.event_type)
         self._note_unknown(event.event_type)
         if not handlers:
-            return json_response(202, {"status": "ignored", "delivery_id": delivery.delivery_id})
+            return Reply(202, {"status": "ignored", "delivery_id": delivery.delivery_id})
         event_json = event.model_dump_json()
         messages = [encode_message(handler, event_json, event.memory_id) for handler in handlers]
         try:
@@ -172,16 +205,11 @@ class WebhookEndpoint:
             )
         if seen is not None:
             context["delivery_id"] = seen
-            return json_response(202, {"status": "duplicate", "delivery_id": seen})
-        return json_response(202, {"status": "queued", "delivery_id": delivery.delivery_id})
+            return Reply(202, {"status": "duplicate", "delivery_id": seen})
+        return Reply(202, {"status": "queued", "delivery_id": delivery.delivery_id})
 
-    def _verify(self, scope: Scope, body: bytes, headers: dict[str, str]) -> Response | None:
-        token = None
-        query = scope.get("query_string", b"")
-        if query:
-            for name, value in parse_qsl(query.decode("latin-1")):
-                if name == TOKEN_PARAM:
-                    token = value
+    def _verify(self, scope: Scope, body: bytes, headers: dict[str, str]) -> Reply | None:
+        token = _query_param(scope.get("query_string", b""), TOKEN_PARAM.encode())
         now = time.time()
         reasons = []
         for verifier in self.receiver.verifiers:
@@ -197,7 +225,7 @@ class WebhookEndpoint:
             "The request carries no valid token or signature (" + "; ".join(reasons) + ")",
         )
 
-    def _too_large(self, limit: int) -> Response:
+    def _too_large(self, limit: int) -> Reply:
         return _error(413, "body_too_large", f"The body is larger than {limit} bytes.")
 
     def _note_unknown(self, event_type: str) -> None:
@@ -210,7 +238,9 @@ class WebhookEndpoint:
         )
 
 
-def build_app(receiver: Receiver) -> Starlette:
+def build_app(receiver: Receiver, endpoint: WebhookEndpoint) -> Starlette:
+    """The Starlette app around ``endpoint``: /healthz, and JSON 404 and 405 answers."""
+
     async def healthz(request: Request) -> Response:
         enqueuer = await receiver.enqueuer()
         try:
@@ -222,16 +252,18 @@ def build_app(receiver: Receiver) -> Starlette:
         return json_response(503, {"status": "unavailable", "broker": receiver.broker_name})
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(404, "not_found", "Webhooks are received at the mount point with POST.")
+        detail = "Webhooks are received at the mount point with POST."
+        return json_response(404, {"error": "not_found", "detail": detail})
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return _error(405, "method_not_allowed", "Use GET for /healthz.", {"Allow": "GET"})
+        body = {"error": "method_not_allowed", "detail": "Use GET for /healthz."}
+        return json_response(405, body, {"Allow": "GET"})
 
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         404: not_found,
         405: method_not_allowed,
     }
     return Starlette(
-        routes=[Route("/", WebhookEndpoint(receiver)), Route("/healthz", healthz, methods=["GET"])],
+        routes=[Route("/", endpoint), Route("/healthz", healthz, methods=["GET"])],
         exception_handlers=handlers,
     )

@@ -274,7 +274,8 @@ def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
         raise PayloadError("The body is not valid UTF-8 JSON.", status="malformed") from exc
     if not isinstance(obj, dict):
         raise PayloadError("The body must be a JSON object.", status="malformed")
-    if _too_deep(obj):
+    # Counting brackets is cheap and bounds the depth from above.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(obj):
         raise PayloadError(f"The body nests deeper than {MAX_DEPTH} levels.")
     fields = _fields(obj)
     cls = EVENT_CLASSES.get(fields["event_type"], UnknownEvent)

@@ -13,7 +13,7 @@ import dramatiq
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from .app import build_app, json_response
+from .app import WebhookEndpoint, build_app, json_response
 from .brokers import (
     REDIS_SCHEMES,
     adopt,
@@ -113,6 +113,7 @@ class Receiver:
         self._broker: dramatiq.Broker | None = None
         self._verifiers: list[Verifier] | None = None
         self._app: Starlette | None = None
+        self._endpoint: WebhookEndpoint | None = None
         self._enqueuer: Enqueuer | None = None
         self._enqueuer_loop: asyncio.AbstractEventLoop | None = None
 
@@ -303,6 +304,16 @@ class Receiver:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "http" and self._endpoint is not None:
+            # Webhooks skip Starlette's router and middleware: they are the hot path,
+            # and the endpoint answers every outcome itself.
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            if path in ("", "/"):
+                await self._endpoint(scope, receive, send)
+                return
         if self._app is None:
             try:
                 self.check()
@@ -312,7 +323,8 @@ class Receiver:
                 response = json_response(500, {"error": "misconfigured", "detail": str(exc)})
                 await response(scope, receive, send)
                 return
-            self._app = build_app(self)
+            self._endpoint = WebhookEndpoint(self)
+            self._app = build_app(self, self._endpoint)
         await self._app(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
