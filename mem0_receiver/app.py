@@ -26,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .errors import EnqueueError, PayloadError, VerificationError
-from .events import Delivery, parse_event, utcnow
+from .events import Delivery, event_to_json, parse_event, utcnow
 from .verify import TOKEN_PARAM
 from .worker import encode_message
 
@@ -179,6 +179,7 @@ class WebhookEndpoint:
         context["delivery_id"] = delivery.delivery_id
         try:
             event = parse_event(body, delivery=delivery)
+            event_json = event_to_json(event)
         except PayloadError as exc:
             if exc.status == "malformed":
                 return _error(400, "malformed_body", str(exc))
@@ -190,7 +191,6 @@ class WebhookEndpoint:
         self._note_unknown(event.event_type)
         if not handlers:
             return Reply(202, {"status": "ignored", "delivery_id": delivery.delivery_id})
-        event_json = event.model_dump_json()
         messages = [encode_message(handler, event_json, event.memory_id) for handler in handlers]
         try:
             enqueuer = await self.receiver.enqueuer()

@@ -42,6 +42,7 @@ __all__ = [
     "MemoryUpdated",
     "UnknownEvent",
     "event_from_json",
+    "event_to_json",
     "parse_event",
 ]
 
@@ -247,6 +248,10 @@ def _finite(text: str) -> float:
     return value
 
 
+# One decoder for all requests: json.loads() with hooks builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+
+
 def _too_deep(obj: object) -> bool:
     stack: list[tuple[object, int]] = [(obj, 1)]
     while stack:
@@ -269,7 +274,7 @@ def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
     """
     try:
         # Decode first: json.loads(bytes) would also take UTF-16 and UTF-32.
-        obj = json.loads(body.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
+        obj = _DECODER.decode(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PayloadError("The body is not valid UTF-8 JSON.", status="malformed") from exc
     if not isinstance(obj, dict):
@@ -280,6 +285,24 @@ def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
     fields = _fields(obj)
     cls = EVENT_CLASSES.get(fields["event_type"], UnknownEvent)
     return cls.model_validate({**fields, "payload": obj, "delivery": delivery})
+
+
+def event_to_json(event: MemoryEvent) -> str:
+    """The event as JSON for the queue.
+
+    Raises:
+        PayloadError: (``status="malformed"``) when the body held a lone
+            surrogate escape such as ``"\\ud800"``: valid JSON syntax, but not
+            Unicode, so it cannot be written back out.
+    """
+    try:
+        return event.model_dump_json()
+    except ValueError as exc:
+        raise PayloadError(
+            "The body contains an escaped lone surrogate (\\ud800-\\udfff), which is not "
+            "valid Unicode.",
+            status="malformed",
+        ) from exc
 
 
 def event_from_json(data: dict[str, Any]) -> MemoryEvent:

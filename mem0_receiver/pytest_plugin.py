@@ -28,12 +28,12 @@ def mem0_payload() -> Callable[..., dict[str, Any]]:
 
 
 @pytest.fixture
-def webhook_tester() -> Iterator[Callable[[Receiver], WebhookTester]]:
-    """Make a started :class:`WebhookTester` for a receiver; it is closed after the test."""
+def webhook_tester() -> Iterator[Callable[..., WebhookTester]]:
+    """Make a started :class:`WebhookTester` (same arguments); it is closed after the test."""
     testers: list[WebhookTester] = []
 
-    def start(receiver: Receiver) -> WebhookTester:
-        tester = WebhookTester(receiver).__enter__()
+    def start(receiver: Receiver, **kwargs: Any) -> WebhookTester:
+        tester = WebhookTester(receiver, **kwargs).__enter__()
         testers.append(tester)
         return tester
 

@@ -33,6 +33,7 @@ from .enqueue import BrokerEnqueuer, Enqueuer, RedisEnqueuer
 from .errors import ConfigurationError
 from .events import EVENT_TYPES
 from .registry import Handler, Registry
+from .server import redact_access_log
 from .verify import TOKEN_PARAM, TokenVerifier, Verifier, build_verifiers
 from .worker import bind_handler
 
@@ -279,6 +280,7 @@ class Receiver:
             logger.warning("%s", problem)
 
     async def startup(self) -> None:
+        redact_access_log()
         self.check()
         self.check_durability()
         if self.settings.insecure:
@@ -323,6 +325,7 @@ class Receiver:
                 response = json_response(500, {"error": "misconfigured", "detail": str(exc)})
                 await response(scope, receive, send)
                 return
+            redact_access_log()
             self._endpoint = WebhookEndpoint(self)
             self._app = build_app(self, self._endpoint)
         await self._app(scope, receive, send)

@@ -8,7 +8,7 @@ from typing import Any
 
 from .verify import TOKEN_PARAM
 
-__all__ = ["RedactToken", "log_config"]
+__all__ = ["RedactToken", "log_config", "redact_access_log"]
 
 _TOKEN = re.compile(rf"([?&]{TOKEN_PARAM}=)[^&\s]*")
 
@@ -28,6 +28,18 @@ class RedactToken(logging.Filter):
         if isinstance(record.msg, str) and "token=" in record.msg:
             record.msg = redact_token(record.msg)
         return True
+
+
+def redact_access_log() -> None:
+    """Blank the token in uvicorn's access log, however uvicorn was started.
+
+    A filter on the ``uvicorn.access`` logger itself applies to every record
+    uvicorn logs there, whatever handlers the host app configured, so
+    ``uvicorn app:app`` with the receiver mounted is covered too.
+    """
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactToken) for f in access.filters):
+        access.addFilter(RedactToken())
 
 
 def log_config(level: str = "info") -> dict[str, Any]:

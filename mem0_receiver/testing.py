@@ -32,7 +32,10 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 
+from .brokers import is_durable
+from .errors import ConfigurationError
 from .events import EVENT_TYPES, event_from_json
 from .receiver import Receiver
 from .verify import TOKEN_PARAM, HmacVerifier, StandardVerifier, TokenVerifier, new_secret
@@ -173,16 +176,41 @@ class WebhookTester:
     Parameters:
         receiver: Your receiver. It is copied with an in-memory broker (and a
             test secret if it has none); the original is left untouched.
+        app: The host app your receiver is mounted in (FastAPI, Starlette), to
+            test through it. The host app holds your receiver itself, so that
+            receiver must then be on the in-memory broker and have a secret:
+            leave ``MEM0_RECEIVER_BROKER_URL`` unset and set
+            ``MEM0_RECEIVER_SECRETS`` in your tests.
+        path: Where ``app`` mounts the receiver, e.g. ``"/webhooks/mem0/"``.
+
+    Note that ``drain()`` calls your handlers directly: the worker-side
+    guarantees (no second run of completed work, per-memory order, the failure
+    store) are dramatiq middleware, tested with real workers in this project.
     """
 
-    def __init__(self, receiver: Receiver) -> None:
-        overrides: dict[str, Any] = {"broker": StubBroker()}
-        if not receiver.settings.secrets and not receiver.settings.insecure:
-            overrides["secrets"] = [new_secret()]
-        self.receiver = receiver.copy(**overrides)
+    def __init__(self, receiver: Receiver, *, app: ASGIApp | None = None, path: str = "/") -> None:
+        self.path = path
+        if app is None:
+            overrides: dict[str, Any] = {"broker": StubBroker()}
+            if not receiver.settings.secrets and not receiver.settings.insecure:
+                overrides["secrets"] = [new_secret()]
+            self.receiver = receiver.copy(**overrides)
+            app = self.receiver
+        else:
+            if is_durable(receiver.broker):
+                raise ConfigurationError(
+                    "WebhookTester(app=...) needs the mounted receiver on the in-memory broker; "
+                    "leave MEM0_RECEIVER_BROKER_URL unset in tests."
+                )
+            if not receiver.settings.secrets and not receiver.settings.insecure:
+                raise ConfigurationError(
+                    "The mounted receiver has no secret; set MEM0_RECEIVER_SECRETS in tests "
+                    "(any value from `mem0-receiver secret`)."
+                )
+            self.receiver = receiver
         self.broker = self.receiver.broker
         self.signer = Signer(self.receiver.settings.secrets)
-        self._client = TestClient(self.receiver, raise_server_exceptions=True)
+        self._client = TestClient(app, raise_server_exceptions=True)
 
     def __enter__(self) -> WebhookTester:
         self._client.__enter__()
@@ -213,7 +241,7 @@ class WebhookTester:
             signed.update(extra)
         signed.update(headers or {})
         query.update(params or {})
-        return self._client.post("/", content=body, headers=signed, params=query)
+        return self._client.post(self.path, content=body, headers=signed, params=query)
 
     def send(self, event_type: str, *, scheme: str | None = None, **fields: Any) -> Response:
         """POST a documented payload for ``event_type``; fields as in :func:`make_payload`.

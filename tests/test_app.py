@@ -127,6 +127,8 @@ def test_rotated_secret_keeps_old_urls_working_until_removed() -> None:
         (b'{"event_details": {"event": "ADD", "data": {"memory": "x"}}}', 422, "not_a_mem0_event"),
         (b'{"event_details": {"event": "CATEGORIZE", "memory_id": "m"}}', 422, "not_a_mem0_event"),
         (b'{"event_details": "ADD"}', 422, "not_a_mem0_event"),
+        (b'{"event": "memory_add", "memory_id": "m", "memory": "\\ud800"}', 400, "malformed_body"),
+        (b'{"event": "memory_add", "memory_id": "m", "x": {"\\udfff": 1}}', 400, "malformed_body"),
     ],
     ids=[
         "text",
@@ -137,6 +139,8 @@ def test_rotated_secret_keeps_old_urls_working_until_removed() -> None:
         "add-without-id",
         "categorize-without-categories",
         "details-not-object",
+        "lone-surrogate",
+        "lone-surrogate-key",
     ],
 )
 def test_bodies_that_are_not_mem0_events_get_a_json_error(

@@ -10,6 +10,7 @@ import pytest
 from mem0_receiver import MemoryAdded, MemoryCategorized, MemoryEvent, Receiver
 from mem0_receiver.events import EVENT_TYPES
 from mem0_receiver.testing import WebhookTester, make_body, make_payload
+from mem0_receiver.verify import new_secret
 
 pytest_plugins = ["pytester"]
 
@@ -121,3 +122,38 @@ def test_plugin_fixtures_are_available_to_users(pytester: pytest.Pytester) -> No
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_a_receiver_mounted_in_a_host_app_is_tested_through_that_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    receiver = Receiver(secrets=[new_secret()], environ={})
+    seen: list[str] = []
+    receiver.on("memory_add")(lambda event: seen.append(event.memory))
+    app = Starlette(routes=[Mount("/webhooks/mem0", app=receiver)], lifespan=receiver.lifespan)
+    with WebhookTester(receiver, app=app, path="/webhooks/mem0/") as hooks:
+        hooks.send("memory_add", memory="Name is Alex")
+        assert hooks.drain() == 1
+    assert seen == ["Name is Alex"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"broker": "redis://127.0.0.1:1/0", "secrets": ["s"]},
+            "leave MEM0_RECEIVER_BROKER_URL unset",
+        ),
+        ({}, "set MEM0_RECEIVER_SECRETS in tests"),
+    ],
+    ids=["durable-broker", "no-secret"],
+)
+def test_testing_through_a_host_app_says_what_the_mounted_receiver_needs(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    from mem0_receiver import ConfigurationError
+
+    receiver = Receiver(environ={}, **kwargs)
+    with pytest.raises(ConfigurationError, match=message):
+        WebhookTester(receiver, app=receiver, path="/")
