@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import dramatiq
@@ -32,7 +33,7 @@ from dramatiq.middleware import Middleware, Retries, SkipMessage
 
 from .failures import Failure, FailureStore
 from .janitor import Janitor
-from .tracking import Tracker
+from .tracking import Outcome, Tracker
 from .worker import EVENT
 
 __all__ = ["DEFAULT_CRASH_LIMIT", "DeliveryGuard", "DurableRetries"]
@@ -153,7 +154,7 @@ class DeliveryGuard(Middleware):
         state = self.tracker.begin(attempt_key, self._done_key(message), order_key)
 
         if state.done:
-            self._end(attempt_key)
+            self._end(attempt_key, message, status="skipped")
             logger.info(
                 "Skipping %s for delivery %s: already done.",
                 message.actor_name,
@@ -162,7 +163,7 @@ class DeliveryGuard(Middleware):
             raise SkipMessage
         if order_key and seq and not options.get("mem0_replay"):
             if state.applied >= seq:
-                self._end(attempt_key)
+                self._end(attempt_key, message, status="skipped")
                 logger.info(
                     "Skipping %s #%d for a memory: a later event was applied.",
                     message.actor_name,
@@ -170,7 +171,7 @@ class DeliveryGuard(Middleware):
                 )
                 raise SkipMessage
             if state.applied < seq - 1:
-                self._end(attempt_key)
+                self._end(attempt_key, message)
                 self._wait_for_predecessor(broker, message)
                 raise SkipMessage
         if state.attempts > self.crash_limit:
@@ -197,14 +198,15 @@ class DeliveryGuard(Middleware):
             return
         self._leave()
         if exception is None:
-            self._end(self._attempt_key(message), message=message, done=True)
+            self._end(self._attempt_key(message), message, status="ok", done=True)
         elif message.failed:
             attempts = int(message.options.get("retries", 0))
             self._give_up(
                 message, reason="retries exhausted", attempts=attempts, exception=exception
             )
         else:
-            self._end(self._attempt_key(message))  # Retries has enqueued the next attempt.
+            # Retries has enqueued the next attempt.
+            self._end(self._attempt_key(message), message, status="retrying")
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         from dramatiq.brokers.redis import RedisBroker
@@ -227,15 +229,42 @@ class DeliveryGuard(Middleware):
     def _delivery(message: Any) -> str:
         return str(message.options.get(EVENT, {}).get("delivery", {}).get("delivery_id", "-"))
 
-    def _end(self, attempt_key: str, *, message: Any = None, done: bool = False) -> None:
+    def _end(
+        self, attempt_key: str, message: Any, *, status: str | None = None, done: bool = False
+    ) -> None:
+        """End a run: forget the attempt, record the outcome; on ``done`` (or a
+        final failure) mark the work done and move the memory's order past it."""
+        options = message.options
         order_key = seq = None
-        if message is not None:
-            order_key = message.options.get("mem0_order")
-            seq = message.options.get("mem0_seq")
+        if done or status in ("failed", "crashed"):
+            order_key, seq = options.get("mem0_order"), options.get("mem0_seq")
         done_key = self._done_key(message) if done else None
+        outcome = self._outcome(message, status) if status else None
         stubbornly(
             "record the end of a run",
-            lambda: self.tracker.end(attempt_key, done_key=done_key, order_key=order_key, seq=seq),
+            lambda: self.tracker.end(
+                attempt_key, done_key=done_key, order_key=order_key, seq=seq, outcome=outcome
+            ),
+        )
+
+    @staticmethod
+    def _outcome(message: Any, status: str) -> Outcome | None:
+        event = message.options.get(EVENT, {})
+        delivery = event.get("delivery", {})
+        if not delivery.get("delivery_id"):
+            return None
+        received = delivery.get("received_at", "")
+        try:
+            received_at = datetime.fromisoformat(received.replace("Z", "+00:00")).timestamp()
+        except (AttributeError, ValueError):
+            received_at = time.time()
+        return Outcome(
+            delivery_id=str(delivery["delivery_id"]),
+            handler=message.actor_name[len(ACTOR_PREFIX) :],
+            status=status,
+            event_type=str(event.get("event_type", "")),
+            memory_id=event.get("memory_id"),
+            received_at=received_at,
         )
 
     def _give_up(
@@ -247,7 +276,8 @@ class DeliveryGuard(Middleware):
         )
         stubbornly("store a failed event", lambda: self.failures.add(failure))
         # Later events about the memory need not wait for this one any more.
-        self._end(self._attempt_key(message), message=message)
+        status = "crashed" if reason == "worker crashed" else "failed"
+        self._end(self._attempt_key(message), message, status=status)
         logger.error(
             "Handler %s gave up on delivery %s (event %s, memory %s) after %d attempt(s): %s, %s.",
             handler,

@@ -9,6 +9,10 @@ in-memory broker), each read and written by one script per hook:
   event, so a redelivery does not run it again.
 * ``order:<handler>:<memory id>`` is a hash: ``seq``, the last sequence number
   the receiver assigned, and ``applied``, the last one this handler finished.
+* ``delivery:<delivery id>`` is a hash of what each handler did with one
+  delivery (``ok``, ``retrying``, ``failed``, ``crashed``, ``skipped``), plus the
+  event type, memory id and time received; ``deliveries`` indexes the most
+  recent ones by time. The deliveries page reads them (deliveries.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +28,7 @@ from redis.exceptions import ResponseError
 
 from .resp import SyncConnection, pack
 
-__all__ = ["Begin", "MemoryTracker", "RedisTracker", "Tracker"]
+__all__ = ["Begin", "MemoryTracker", "Outcome", "RedisTracker", "Tracker"]
 
 #: Seconds an attempt counter lives if its process dies and nobody returns.
 ATTEMPT_TTL = 86_400
@@ -31,6 +36,23 @@ ATTEMPT_TTL = 86_400
 DONE_TTL = 7 * 86_400
 #: Seconds a memory's order state outlives its last event.
 ORDER_TTL = 30 * 86_400
+
+
+#: Seconds a delivery's record is kept, and how many recent ones are indexed.
+DELIVERY_TTL = 7 * 86_400
+RECENT_DELIVERIES = 10_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one handler did with one delivery, for the deliveries page."""
+
+    delivery_id: str
+    handler: str
+    status: str
+    event_type: str
+    memory_id: str | None
+    received_at: float  # epoch seconds
 
 
 @dataclass(frozen=True)
@@ -44,9 +66,16 @@ class Tracker(Protocol):
     def begin(self, attempt_key: str, done_key: str, order_key: str | None) -> Begin: ...
 
     def end(
-        self, attempt_key: str, *, done_key: str | None, order_key: str | None, seq: int | None
+        self,
+        attempt_key: str,
+        *,
+        done_key: str | None,
+        order_key: str | None,
+        seq: int | None,
+        outcome: Outcome | None = None,
     ) -> None:
-        """Forget the attempt; mark the work done; move the memory's order past ``seq``."""
+        """Forget the attempt; mark the work done; move the memory's order past ``seq``;
+        record the outcome."""
 
     def close(self) -> None: ...
 
@@ -74,6 +103,14 @@ if ARGV[3] ~= "" then
     end
     redis.call("expire", ARGV[3], ARGV[5])
 end
+if ARGV[6] ~= "" then
+    local record = "mem0_receiver:delivery:" .. ARGV[6]
+    redis.call("hset", record, "h:" .. ARGV[7], ARGV[8], "event_type", ARGV[9],
+               "memory_id", ARGV[10], "received_at", ARGV[11])
+    redis.call("expire", record, ARGV[12])
+    redis.call("zadd", "mem0_receiver:deliveries", ARGV[11], ARGV[6])
+    redis.call("zremrangebyrank", "mem0_receiver:deliveries", 0, -ARGV[13] - 1)
+end
 return 1
 """
 
@@ -98,10 +135,30 @@ class RedisTracker:
         return Begin(int(attempts), bool(done), int(applied))
 
     def end(
-        self, attempt_key: str, *, done_key: str | None, order_key: str | None, seq: int | None
+        self,
+        attempt_key: str,
+        *,
+        done_key: str | None,
+        order_key: str | None,
+        seq: int | None,
+        outcome: Outcome | None = None,
     ) -> None:
         ordered = order_key if order_key and seq else ""
-        self._run(_END, 1, attempt_key, done_key or "", DONE_TTL, ordered, seq or 0, ORDER_TTL)
+        record: tuple[str | int, ...] = ("",) * 8
+        if outcome is not None:
+            record = (
+                outcome.delivery_id,
+                outcome.handler,
+                outcome.status,
+                outcome.event_type,
+                outcome.memory_id or "",
+                repr(outcome.received_at),
+                DELIVERY_TTL,
+                RECENT_DELIVERIES,
+            )
+        self._run(
+            _END, 1, attempt_key, done_key or "", DONE_TTL, ordered, seq or 0, ORDER_TTL, *record
+        )
 
     def close(self) -> None:
         self._connection.close()
@@ -115,6 +172,8 @@ class MemoryTracker:
         self._attempts: dict[str, int] = {}
         self._done: dict[str, float] = {}
         self._applied: dict[str, int] = {}
+        #: delivery id -> record, oldest first (the deliveries page reads it).
+        self.deliveries: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def begin(self, attempt_key: str, done_key: str, order_key: str | None) -> Begin:
         with self._lock:
@@ -124,9 +183,28 @@ class MemoryTracker:
         return Begin(attempts, done, applied)
 
     def end(
-        self, attempt_key: str, *, done_key: str | None, order_key: str | None, seq: int | None
+        self,
+        attempt_key: str,
+        *,
+        done_key: str | None,
+        order_key: str | None,
+        seq: int | None,
+        outcome: Outcome | None = None,
     ) -> None:
         with self._lock:
+            if outcome is not None:
+                record = self.deliveries.setdefault(
+                    outcome.delivery_id,
+                    {
+                        "event_type": outcome.event_type,
+                        "memory_id": outcome.memory_id,
+                        "received_at": outcome.received_at,
+                        "handlers": {},
+                    },
+                )
+                record["handlers"][outcome.handler] = outcome.status
+                while len(self.deliveries) > RECENT_DELIVERIES:
+                    self.deliveries.popitem(last=False)
             self._attempts.pop(attempt_key, None)
             if done_key:
                 self._done[done_key] = time.monotonic() + DONE_TTL

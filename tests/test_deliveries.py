@@ -1,0 +1,62 @@
+"""Recent deliveries and queue depths, as workers record them, on both kinds of broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import dramatiq
+import pytest
+from starlette.testclient import TestClient
+
+from mem0_receiver import MemoryEvent, Receiver
+from mem0_receiver.deliveries import queue_depths, recent_deliveries
+from mem0_receiver.testing import make_body
+from mem0_receiver.verify import new_secret
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("The condition did not hold in time.")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("broker", ["redis", "in-memory"])
+def test_each_handlers_outcome_is_recorded_per_delivery(broker: str, redis_url: str) -> None:
+    receiver = Receiver(
+        secrets=[new_secret()], broker=redis_url if broker == "redis" else None, environ={}
+    )
+
+    @receiver.on("memory_add")
+    def remember(event: MemoryEvent) -> None:
+        pass
+
+    @receiver.on("memory_add", max_retries=0)
+    def broken(event: MemoryEvent) -> None:
+        raise RuntimeError("no")
+
+    with TestClient(receiver) as client:
+        url = receiver.webhook_url("http://testserver/")
+        first = client.post(url, content=make_body("memory_add", memory_id="m1")).json()
+        second = client.post(url, content=make_body("memory_add", memory_id="m2")).json()
+        assert queue_depths(receiver.broker)["mem0"] == 4
+    worker = dramatiq.Worker(receiver.broker, worker_threads=2, worker_timeout=20)
+    worker.start()
+    try:
+        wait_until(lambda: sum(len(r.handlers) for r in recent_deliveries(receiver.broker)) == 4)
+    finally:
+        worker.stop()
+    records = recent_deliveries(receiver.broker)
+    assert {r.delivery_id for r in records} == {first["delivery_id"], second["delivery_id"]}
+    for record in records:
+        assert record.event_type == "memory_add"
+        assert record.memory_id in ("m1", "m2")
+        assert record.handlers == {
+            "test_deliveries.test_each_handlers_outcome_is_recorded_per_delivery.broken": "failed",
+            "test_deliveries.test_each_handlers_outcome_is_recorded_per_delivery.remember": "ok",
+        }
+        assert abs(record.received_at - time.time()) < 60
+    assert queue_depths(receiver.broker)["mem0"] == 0
+    assert len(recent_deliveries(receiver.broker, limit=1)) == 1
