@@ -19,6 +19,7 @@ from dramatiq.middleware import AsyncIO, CurrentMessage, Retries
 from .errors import ConfigurationError
 from .failures import FailureStore, MemoryFailureStore, RedisFailureStore
 from .guard import DeliveryGuard, DurableRetries
+from .rabbitmq import RABBITMQ_SCHEMES, build_rabbitmq_broker
 from .tracking import MemoryTracker, RedisTracker, Tracker
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "failure_store",
     "is_durable",
     "redact",
+    "state_client",
 ]
 
 logger = logging.getLogger("mem0_receiver")
@@ -57,8 +59,25 @@ def redact(url: str | None) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
-def _equip(broker: dramatiq.Broker) -> dramatiq.Broker:
-    """Add the middleware our handlers rely on to any dramatiq broker (once)."""
+def _redis_client(url: str, what: str) -> redis.Redis:
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT,
+            socket_timeout=DEFAULT_SOCKET_TIMEOUT,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"{what} {redact(url)} is not a valid Redis URL: {exc}.") from None
+
+
+def _equip(broker: dramatiq.Broker, state_url: str | None = None) -> dramatiq.Broker:
+    """Add the middleware our handlers rely on to any dramatiq broker (once).
+
+    Their state lives in the broker's own Redis, or in the Redis at
+    ``state_url`` for other brokers (RabbitMQ), or in memory for the
+    in-memory broker.
+    """
     if any(isinstance(m, DeliveryGuard) for m in broker.middleware):
         return broker
     # Async handlers run on the event-loop thread that dramatiq's AsyncIO
@@ -77,14 +96,25 @@ def _equip(broker: dramatiq.Broker) -> dramatiq.Broker:
                 retry_when=middleware.retry_when,
             )
             broker.middleware[index] = durable
+    state: redis.Redis | None = None
     if isinstance(broker, RedisBroker):
-        tracker: Tracker = RedisTracker(_url_of(broker.client), timeout=DEFAULT_SOCKET_TIMEOUT)
-        failures: FailureStore = RedisFailureStore(broker.client)
+        state, state_url = broker.client, _url_of(broker.client)
+    elif state_url:
+        state = _redis_client(state_url, "MEM0_RECEIVER_STATE_URL")
+    elif not isinstance(broker, StubBroker):
+        raise ConfigurationError(
+            f"A {type(broker).__name__} needs a Redis for dedupe, per-memory order and the "
+            "failure store: set MEM0_RECEIVER_STATE_URL=redis://host:6379/0."
+        )
+    if state is not None and state_url:
+        tracker: Tracker = RedisTracker(state_url, timeout=DEFAULT_SOCKET_TIMEOUT)
+        failures: FailureStore = RedisFailureStore(state)
     else:
         tracker, failures = MemoryTracker(), MemoryFailureStore()
     # Before Retries in the list, so that its after_process_message runs after
     # Retries' (dramatiq calls "after" hooks in reverse) and sees message.failed.
-    broker.add_middleware(DeliveryGuard(tracker=tracker, failures=failures), before=DurableRetries)
+    guard = DeliveryGuard(tracker=tracker, failures=failures, state=state)
+    broker.add_middleware(guard, before=DurableRetries)
     return broker
 
 
@@ -109,23 +139,15 @@ def failure_store(broker: dramatiq.Broker) -> FailureStore:
     raise ConfigurationError("This broker was not prepared by mem0-receiver.")
 
 
-def build_broker(url: str | None) -> dramatiq.Broker:
+def build_broker(url: str | None, state_url: str | None = None) -> dramatiq.Broker:
     """A dramatiq broker for ``url``, or a ConfigurationError naming the fix."""
     if not url:
         return _equip(StubBroker())
     scheme = urlsplit(url).scheme
+    if scheme in RABBITMQ_SCHEMES:
+        return _equip(build_rabbitmq_broker(url), state_url)
     if scheme in REDIS_SCHEMES:
-        try:
-            client = redis.Redis.from_url(
-                url,
-                socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT,
-                socket_timeout=DEFAULT_SOCKET_TIMEOUT,
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"The broker URL {redact(url)} is not a valid Redis URL: {exc}."
-            ) from None
+        client = _redis_client(url, "The broker URL")
         broker = RedisBroker(  # type: ignore[no-untyped-call]
             client=client,
             heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT,
@@ -134,30 +156,50 @@ def build_broker(url: str | None) -> dramatiq.Broker:
         )
         return _equip(broker)
     raise ConfigurationError(
-        f"Unsupported broker URL scheme {scheme!r}; use redis://host:6379/0, "
-        "or leave MEM0_RECEIVER_BROKER_URL unset for the in-memory broker."
+        f"Unsupported broker URL scheme {scheme!r}; use redis://host:6379/0 or "
+        "amqp://host:5672, or leave MEM0_RECEIVER_BROKER_URL unset for the in-memory broker."
     )
+
+
+def state_client(broker: dramatiq.Broker) -> redis.Redis | None:
+    """The Redis that holds the handlers' state (None for the in-memory broker)."""
+    return next((m.state for m in broker.middleware if isinstance(m, DeliveryGuard)), None)
 
 
 def check_broker(broker: dramatiq.Broker, url: str | None) -> None:
     """Raise ConfigurationError, at start-up, if the broker does not answer."""
-    if isinstance(broker, RedisBroker):
+    if isinstance(broker, StubBroker):
+        return
+    if not isinstance(broker, RedisBroker):
         try:
-            broker.client.ping()
-        except (redis.RedisError, OSError) as exc:
+            broker.connection  # type: ignore[attr-defined]  # noqa: B018 (RabbitMQ: connects)
+        except Exception as exc:
             raise ConfigurationError(
                 f"The broker at {redact(url)} does not answer ({type(exc).__name__}); "
-                "start Redis or fix MEM0_RECEIVER_BROKER_URL."
+                "start RabbitMQ or fix MEM0_RECEIVER_BROKER_URL."
             ) from None
+    state = state_client(broker)
+    try:
+        if state is not None:
+            state.ping()
+    except (redis.RedisError, OSError) as exc:
+        setting = "MEM0_RECEIVER_BROKER_URL"
+        if not isinstance(broker, RedisBroker):
+            setting = "MEM0_RECEIVER_STATE_URL"
+        raise ConfigurationError(
+            f"The Redis named by {setting} does not answer ({type(exc).__name__}); "
+            f"start Redis or fix {setting}."
+        ) from None
 
 
 def durability_problems(broker: dramatiq.Broker) -> list[str]:
-    """What in the broker's Redis settings could lose acknowledged events, one line each."""
-    if not isinstance(broker, RedisBroker):
+    """What in the Redis settings could lose acknowledged events, one line each."""
+    client = state_client(broker)
+    if client is None:
         return []
     try:
-        config = broker.client.config_get("appendonly")
-        config.update(broker.client.config_get("maxmemory*"))
+        config = client.config_get("appendonly")
+        config.update(client.config_get("maxmemory*"))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         return [
             f"Could not reach Redis to check its persistence settings ({type(exc).__name__}); "
@@ -188,6 +230,6 @@ def is_durable(broker: dramatiq.Broker) -> bool:
     return not isinstance(broker, StubBroker)
 
 
-def adopt(broker: dramatiq.Broker) -> dramatiq.Broker:
+def adopt(broker: dramatiq.Broker, state_url: str | None = None) -> dramatiq.Broker:
     """Prepare a broker the user built themselves."""
-    return _equip(broker)
+    return _equip(broker, state_url)

@@ -7,6 +7,7 @@ environment fills in what the arguments leave out:
 ``MEM0_RECEIVER_SECRETS``      comma-separated secrets, the current one first
 ``MEM0_RECEIVER_BROKER_URL``   ``redis://…`` (or ``amqp://…``); unset: in-memory
 ``MEM0_RECEIVER_VERIFY``       comma-separated schemes: token, hmac, standard
+``MEM0_RECEIVER_STATE_URL``    with RabbitMQ: the Redis for dedupe, order, failures
 =============================  ==========================================
 """
 
@@ -42,6 +43,7 @@ DEFAULT_SIGNATURE_TOLERANCE = 300
 ENV_SECRETS = "MEM0_RECEIVER_SECRETS"
 ENV_BROKER_URL = "MEM0_RECEIVER_BROKER_URL"
 ENV_VERIFY = "MEM0_RECEIVER_VERIFY"
+ENV_STATE_URL = "MEM0_RECEIVER_STATE_URL"
 
 
 def use_throwaway_secret(secret: str) -> bool:
@@ -63,6 +65,7 @@ class Settings:
     secrets: tuple[str, ...] = ()
     verify: tuple[str, ...] = DEFAULT_VERIFY
     broker_url: str | None = None
+    state_url: str | None = None
     insecure: bool = False
     strict: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -77,6 +80,7 @@ class Settings:
         secrets: Sequence[str] | str | None,
         verify: Sequence[str] | str | None,
         broker_url: str | None,
+        state_url: str | None = None,
         environ: Mapping[str, str] | None = None,
         **values: object,
     ) -> Settings:
@@ -92,10 +96,13 @@ class Settings:
             verify = (verify,)
         if broker_url is None:
             broker_url = env.get(ENV_BROKER_URL) or None
+        if state_url is None:
+            state_url = env.get(ENV_STATE_URL) or None
         settings = cls(
             secrets=tuple(secrets),
             verify=tuple(verify),
             broker_url=broker_url,
+            state_url=state_url,
             **values,  # type: ignore[arg-type]
         )
         settings._check()

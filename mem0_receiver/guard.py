@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import dramatiq
+import redis
 from dramatiq.middleware import Middleware, Retries, SkipMessage
 
 from .failures import Failure, FailureStore
@@ -121,10 +122,13 @@ class DeliveryGuard(Middleware):
         *,
         tracker: Tracker,
         failures: FailureStore,
+        state: redis.Redis | None = None,
         crash_limit: int = DEFAULT_CRASH_LIMIT,
     ) -> None:
         self.tracker = tracker
         self.failures = failures
+        #: The Redis holding the handlers' state, if any (for start-up checks).
+        self.state = state
         self.crash_limit = crash_limit
         self._janitor: Janitor | None = None
         self._gate = _Gate()

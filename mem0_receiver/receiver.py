@@ -32,6 +32,7 @@ from .config import (
 from .enqueue import BrokerEnqueuer, Enqueuer, RedisEnqueuer
 from .errors import ConfigurationError
 from .events import EVENT_TYPES
+from .rabbitmq import RABBITMQ_SCHEMES, RabbitEnqueuer
 from .registry import Handler, Registry
 from .server import redact_access_log
 from .verify import TOKEN_PARAM, TokenVerifier, Verifier, build_verifiers
@@ -67,7 +68,10 @@ class Receiver:
         secrets: Secrets, the current one first; older ones are still accepted.
         verify: Schemes a request may pass: ``"token"`` (default), ``"hmac"``,
             ``"standard"``.
-        broker: A ``redis://`` URL or a dramatiq broker. None: in-memory, not durable.
+        broker: A ``redis://`` or ``amqp://`` URL, or a dramatiq broker. None:
+            in-memory, not durable.
+        state_url: With RabbitMQ (or another non-Redis broker), the Redis that
+            keeps dedupe keys, per-memory order and the failure store.
         insecure: Accept requests without any verification (local experiments only).
         strict: Refuse to start, rather than warn, when Redis could lose acknowledged
             events (``appendonly`` off, an evicting ``maxmemory-policy``).
@@ -84,6 +88,7 @@ class Receiver:
         secrets: Sequence[str] | str | None = None,
         verify: Sequence[str] | str | None = None,
         broker: str | dramatiq.Broker | None = None,
+        state_url: str | None = None,
         insecure: bool = False,
         strict: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -100,6 +105,7 @@ class Receiver:
             secrets=secrets,
             verify=verify,
             broker_url=broker if isinstance(broker, str) else None,
+            state_url=state_url,
             environ=environ,
             insecure=insecure,
             strict=strict,
@@ -161,6 +167,7 @@ class Receiver:
             "secrets": self.settings.secrets,
             "verify": self.settings.verify,
             "broker": self._given_broker or self.settings.broker_url,
+            "state_url": self.settings.state_url,
             "insecure": self.settings.insecure,
             "strict": self.settings.strict,
             "max_body_bytes": self.settings.max_body_bytes,
@@ -181,9 +188,9 @@ class Receiver:
         """The dramatiq broker the handlers' actors are declared on."""
         if self._broker is None:
             if self._given_broker is not None:
-                broker = adopt(self._given_broker)
+                broker = adopt(self._given_broker, self.settings.state_url)
             else:
-                broker = build_broker(self.settings.broker_url)
+                broker = build_broker(self.settings.broker_url, self.settings.state_url)
             self._broker = broker
             self.registry.subscribe(lambda handler: bind_handler(broker, handler))
         return self._broker
@@ -217,7 +224,16 @@ class Receiver:
         loop = asyncio.get_running_loop()
         if self._enqueuer is None or self._enqueuer_loop is not loop:
             url = self.settings.broker_url
-            if self._given_broker is None and url and url.split(":", 1)[0] in REDIS_SCHEMES:
+            scheme = url.split(":", 1)[0] if url else ""
+            if self._given_broker is None and scheme in RABBITMQ_SCHEMES:
+                assert self.settings.state_url is not None  # build_broker checked it
+                self._enqueuer = RabbitEnqueuer(
+                    self.broker,
+                    state_url=self.settings.state_url,
+                    timeout=self.settings.enqueue_timeout,
+                    dedupe_window=self.settings.dedupe_window,
+                )
+            elif self._given_broker is None and url and scheme in REDIS_SCHEMES:
                 self.broker  # noqa: B018  (declares the actors and their queues)
                 self._enqueuer = RedisEnqueuer(
                     url,

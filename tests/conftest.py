@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -208,3 +209,47 @@ def output(process: subprocess.Popen[str]) -> str:
     process.log.seek(0)  # type: ignore[attr-defined]
     text: str = process.log.read()  # type: ignore[attr-defined]
     return text
+
+
+RABBITMQ_URL = os.environ.get(
+    "MEM0_RECEIVER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"
+)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """The machine's RabbitMQ (CI and dev machines run one on 127.0.0.1:5672)."""
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError:
+        pytest.fail(
+            "These tests need RabbitMQ on 127.0.0.1:5672 (guest/guest): apt-get install "
+            "rabbitmq-server, then rabbitmq-server -detached.",
+            pytrace=False,
+        )
+    return RABBITMQ_URL
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, redis_url: str) -> tuple[str, str | None]:
+    """Each production broker in turn: (broker URL, state URL)."""
+    if request.param == "redis":
+        return redis_url, None
+    return request.getfixturevalue("rabbitmq_url"), redis_url
+
+
+def start_worker(broker: Any, **kwargs: Any) -> Any:
+    """A real dramatiq worker, on queues emptied of what earlier tests left (RabbitMQ
+    keeps them)."""
+    import dramatiq
+
+    broker.flush_all()
+    worker = dramatiq.Worker(broker, **kwargs)
+    worker.start()
+    return worker
+
+
+def stop_worker(worker: Any) -> None:
+    """Stop a worker and close its broker's connections (RabbitMQ keeps one per thread)."""
+    worker.stop()
+    worker.broker.close()

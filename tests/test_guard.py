@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import dramatiq
 import pytest
+from conftest import start_worker, stop_worker
 from starlette.testclient import TestClient
 
 from mem0_receiver import MemoryEvent, Receiver
@@ -29,8 +30,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture(params=["redis", "in-memory"])
+@pytest.fixture(params=["redis", "rabbitmq", "in-memory"])
 def receiver(request: pytest.FixtureRequest, redis_url: str) -> Receiver:
+    if request.param == "rabbitmq":
+        url = request.getfixturevalue("rabbitmq_url")
+        return Receiver(secrets=[new_secret()], broker=url, state_url=redis_url, environ={})
     broker = redis_url if request.param == "redis" else None
     return Receiver(secrets=[new_secret()], broker=broker, environ={})
 
@@ -44,8 +48,7 @@ def client(receiver: Receiver) -> Iterator[Callable[[bytes], str]]:
 
     def post(body: bytes) -> str:
         if not worker:
-            worker.append(dramatiq.Worker(receiver.broker, worker_threads=4, worker_timeout=20))
-            worker[0].start()
+            worker.append(start_worker(receiver.broker, worker_threads=4, worker_timeout=20))
         response = test_client.post(url, content=body)
         assert response.status_code == 202, response.text
         delivery_id: str = response.json()["delivery_id"]
@@ -54,7 +57,7 @@ def client(receiver: Receiver) -> Iterator[Callable[[bytes], str]]:
     yield post
     test_client.__exit__(None, None, None)
     for w in worker:
-        w.stop()
+        stop_worker(w)
 
 
 def test_exhausted_retries_land_in_the_failure_store_with_what_went_wrong(

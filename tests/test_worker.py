@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 
 import dramatiq
 import pytest
-from conftest import RedisServer
+from conftest import start_worker, stop_worker
 from starlette.testclient import TestClient
 
 from mem0_receiver import MemoryAdded, MemoryCategorized, MemoryEvent, Receiver
+from mem0_receiver.brokers import failure_store
 from mem0_receiver.testing import make_body
 from mem0_receiver.verify import new_secret
 
@@ -42,20 +43,19 @@ class Ledger:
 
 
 @pytest.fixture
-def receiver(redis_url: str) -> Receiver:
-    return Receiver(secrets=[new_secret()], broker=redis_url, environ={})
+def receiver(broker_url: tuple[str, str | None]) -> Receiver:
+    url, state_url = broker_url
+    return Receiver(secrets=[new_secret()], broker=url, state_url=state_url, environ={})
 
 
 @pytest.fixture
 def run(receiver: Receiver) -> Iterator[Callable[..., TestClient]]:
-    """Post through the real app while a real dramatiq worker consumes from Redis."""
+    """Post through the real app while a real dramatiq worker consumes from the broker."""
     workers: list[dramatiq.Worker] = []
     clients: list[TestClient] = []
 
     def start() -> TestClient:
-        worker = dramatiq.Worker(receiver.broker, worker_threads=2, worker_timeout=50)
-        worker.start()
-        workers.append(worker)
+        workers.append(start_worker(receiver.broker, worker_threads=2, worker_timeout=50))
         client = TestClient(receiver)
         client.__enter__()
         clients.append(client)
@@ -65,7 +65,7 @@ def run(receiver: Receiver) -> Iterator[Callable[..., TestClient]]:
     for client in clients:
         client.__exit__(None, None, None)
     for worker in workers:
-        worker.stop()
+        stop_worker(worker)
 
 
 def post(receiver: Receiver, client: TestClient, body: bytes) -> str:
@@ -125,8 +125,8 @@ def test_failing_handler_retries_while_its_sibling_runs_once(
     assert ledger.runs == {"flaky": 3, "steady": 1}
 
 
-def test_exhausted_retries_go_to_the_dead_letter_queue(
-    receiver: Receiver, redis_server: RedisServer, run: Callable[[], TestClient]
+def test_exhausted_retries_go_to_the_failure_store(
+    receiver: Receiver, run: Callable[[], TestClient]
 ) -> None:
     ledger = Ledger()
 
@@ -137,8 +137,8 @@ def test_exhausted_retries_go_to_the_dead_letter_queue(
 
     client = run()
     post(receiver, client, make_body("memory_delete"))
-    redis = redis_server.client()
-    wait_until(lambda: redis.zcard("dramatiq:mem0.XQ") == 1)
+    store = failure_store(receiver.broker)
+    wait_until(lambda: store.count() == 1)
     assert ledger.runs["broken"] == 3  # the first attempt and two retries
 
 
@@ -161,7 +161,7 @@ def test_duplicate_delivery_runs_each_handler_once(
 
 
 def test_handlers_on_their_own_queue_are_consumed_there(
-    receiver: Receiver, redis_server: RedisServer, run: Callable[[], TestClient]
+    receiver: Receiver, run: Callable[[], TestClient]
 ) -> None:
     ledger = Ledger()
 
@@ -169,9 +169,7 @@ def test_handlers_on_their_own_queue_are_consumed_there(
     def mirrored(event: MemoryEvent) -> None:
         ledger.record("mirrored", event)
 
-    client = TestClient(receiver)
-    with client:
-        post(receiver, client, make_body("memory_add"))
-    assert redis_server.client().llen("dramatiq:sync") == 1
-    run()
+    client = run()
+    post(receiver, client, make_body("memory_add"))
     wait_until(lambda: ledger.runs["mirrored"] == 1)
+    assert "sync" in receiver.broker.get_declared_queues()
