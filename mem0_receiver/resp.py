@@ -32,14 +32,13 @@ from redis.exceptions import ConnectionError, ResponseError
 __all__ = ["Connection", "SyncConnection", "pack"]
 
 
-def _bulk(arg: bytes | str | int) -> bytes:
-    data = arg if isinstance(arg, bytes) else str(arg).encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
 def pack(*args: bytes | str | int) -> bytes:
     """One command in the Redis protocol."""
-    return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
 
 
 class Connection:

@@ -121,13 +121,15 @@ return 1
 """
 
 
+_SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_BEGIN, _END)}
+
+
 class RedisTracker:
     def __init__(self, url: str, *, timeout: float) -> None:
         self._connection = SyncConnection(url, timeout=timeout)
 
     def _run(self, script: str, *args: str | int) -> Any:
-        sha = hashlib.sha1(script.encode()).hexdigest()
-        reply = self._connection.execute(pack("EVALSHA", sha, *args))
+        reply = self._connection.execute(pack("EVALSHA", _SHAS[script], *args))
         if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
             reply = self._connection.execute(pack("EVAL", script, *args))
         if isinstance(reply, Exception):
