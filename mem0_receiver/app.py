@@ -200,7 +200,8 @@ class WebhookEndpoint:
             return _error(
                 503,
                 "broker_unavailable",
-                "The queue is unavailable or slow; the event was not accepted. Retry later.",
+                "The queue is unavailable or slow and did not confirm the event; retry later "
+                "(a retry of an event that did get through is recognised as a duplicate).",
                 {"Retry-After": RETRY_AFTER},
             )
         if seen is not None:

@@ -95,15 +95,27 @@ class _Gate:
         self._exclusive = False
         self._mode = threading.local()
 
+    def _free(self, exclusive: bool) -> bool:
+        return not self._exclusive and (not exclusive or self._shared == 0)
+
+    def _take(self, exclusive: bool) -> None:
+        if exclusive:
+            self._exclusive = True
+        else:
+            self._shared += 1
+        self._mode.exclusive = exclusive
+
+    def try_enter(self, *, exclusive: bool) -> bool:
+        with self._condition:
+            if not self._free(exclusive):
+                return False
+            self._take(exclusive)
+            return True
+
     def enter(self, *, exclusive: bool) -> None:
         with self._condition:
-            if exclusive:
-                self._condition.wait_for(lambda: not self._exclusive and self._shared == 0)
-                self._exclusive = True
-            else:
-                self._condition.wait_for(lambda: not self._exclusive)
-                self._shared += 1
-        self._mode.exclusive = exclusive
+            self._condition.wait_for(lambda: self._free(exclusive))
+            self._take(exclusive)
 
     def leave(self) -> None:
         with self._condition:
@@ -133,6 +145,8 @@ class DeliveryGuard(Middleware):
         self._janitor: Janitor | None = None
         self._gate = _Gate()
         self._held = threading.local()
+        #: Redis ids of the messages being run now (the janitor must not reclaim them).
+        self._running: set[str] = set()
 
     # Keys ---------------------------------------------------------------
 
@@ -152,10 +166,16 @@ class DeliveryGuard(Middleware):
         if not message.actor_name.startswith(ACTOR_PREFIX):
             return
         options = message.options
+        self._running.add(options.get("redis_message_id", ""))
         order_key = options.get("mem0_order")
         seq = options.get("mem0_seq") if isinstance(options.get("mem0_seq"), int) else None
         attempt_key = self._attempt_key(message)
-        state = self.tracker.begin(attempt_key, self._done_key(message), order_key)
+        done_key = self._done_key(message)
+        # Until Redis answers: an exception here would make dramatiq log it and
+        # run the handler anyway, without any of the checks below.
+        state = stubbornly(
+            "start a run", lambda: self.tracker.begin(attempt_key, done_key, order_key)
+        )
 
         if state.done:
             self._end(attempt_key, message, status="skipped")
@@ -184,11 +204,18 @@ class DeliveryGuard(Middleware):
         # A message that was running when its process died may be the culprit
         # or a bystander: it runs alone in this process from now on, so a
         # crash counts against it only, and bystanders are never failed.
-        self._gate.enter(exclusive=state.attempts > 1)
+        exclusive = state.attempts > 1
+        if not self._gate.try_enter(exclusive=exclusive):
+            # Waiting for a suspect to finish: should it crash the process, this
+            # run never started, so it must not count.
+            stubbornly("uncount a waiting run", lambda: self.tracker.uncount(attempt_key))
+            self._gate.enter(exclusive=exclusive)
+            stubbornly("count a run", lambda: self.tracker.count(attempt_key))
         self._held.mode = True
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._leave()
+        self._running.discard(message.options.get("redis_message_id", ""))
 
     def _leave(self) -> None:
         if getattr(self._held, "mode", False):
@@ -200,23 +227,28 @@ class DeliveryGuard(Middleware):
     ) -> None:
         if not message.actor_name.startswith(ACTOR_PREFIX):
             return
-        self._leave()
-        if exception is None:
-            self._end(self._attempt_key(message), message, status="ok", done=True)
-        elif message.failed:
-            attempts = int(message.options.get("retries", 0))
-            self._give_up(
-                message, reason="retries exhausted", attempts=attempts, exception=exception
-            )
-        else:
-            # Retries has enqueued the next attempt.
-            self._end(self._attempt_key(message), message, status="retrying")
+        # The run's end is recorded before the gate opens to a suspect, which
+        # may crash the process: this run must not be blamed for that.
+        try:
+            if exception is None:
+                self._end(self._attempt_key(message), message, status="ok", done=True)
+            elif message.failed:
+                attempts = int(message.options.get("retries", 0))
+                self._give_up(
+                    message, reason="retries exhausted", attempts=attempts, exception=exception
+                )
+            else:
+                # Retries has enqueued the next attempt.
+                self._end(self._attempt_key(message), message, status="retrying")
+        finally:
+            self._leave()
+            self._running.discard(message.options.get("redis_message_id", ""))
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         from dramatiq.brokers.redis import RedisBroker
 
         if isinstance(broker, RedisBroker):
-            self._janitor = Janitor(broker)
+            self._janitor = Janitor(broker, worker=worker, running=self._running)
             self._janitor.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:

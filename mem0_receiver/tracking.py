@@ -77,6 +77,12 @@ class Tracker(Protocol):
         """Forget the attempt; mark the work done; move the memory's order past ``seq``;
         record the outcome."""
 
+    def uncount(self, attempt_key: str) -> None:
+        """Take back the run counted by :meth:`begin` (it has to wait)."""
+
+    def count(self, attempt_key: str) -> None:
+        """Count it again (it starts now)."""
+
     def close(self) -> None: ...
 
 
@@ -168,6 +174,12 @@ class RedisTracker:
             _END, 1, attempt_key, done_key or "", DONE_TTL, ordered, seq or 0, ORDER_TTL, *record
         )
 
+    def uncount(self, attempt_key: str) -> None:
+        self._connection.execute(pack("DECR", attempt_key))
+
+    def count(self, attempt_key: str) -> None:
+        self._connection.execute(pack("INCR", attempt_key))
+
     def close(self) -> None:
         self._connection.close()
 
@@ -218,6 +230,14 @@ class MemoryTracker:
                 self._done[done_key] = time.monotonic() + DONE_TTL
             if order_key and seq:
                 self._applied[order_key] = max(seq, self._applied.get(order_key, 0))
+
+    def uncount(self, attempt_key: str) -> None:
+        with self._lock:
+            self._attempts[attempt_key] = self._attempts.get(attempt_key, 1) - 1
+
+    def count(self, attempt_key: str) -> None:
+        with self._lock:
+            self._attempts[attempt_key] = self._attempts.get(attempt_key, 0) + 1
 
     def close(self) -> None:
         return None
