@@ -35,8 +35,8 @@ def _guard(broker: dramatiq.Broker) -> DeliveryGuard:
 
 def recent_deliveries(broker: dramatiq.Broker, *, limit: int = 50) -> list[DeliveryRecord]:
     """The most recent deliveries a worker has touched, newest first."""
-    if isinstance(broker, RedisBroker):
-        client = broker.client
+    client = _guard(broker).state
+    if client is not None:
         ids: list[bytes] = client.zrevrange("mem0_receiver:deliveries", 0, limit - 1)  # type: ignore[assignment]
         pipe = client.pipeline(transaction=False)
         for delivery_id in ids:
@@ -83,4 +83,17 @@ def queue_depths(broker: dramatiq.Broker) -> dict[str, int]:
         return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True)}
     if isinstance(broker, StubBroker):
         return {name: broker.queues[name].qsize() for name in names if name in broker.queues}
-    return {}
+    counts = getattr(broker, "get_queue_message_counts", None)  # RabbitMQ
+    if counts is None:
+        return {}
+    # dramatiq keeps a channel per thread and does not forget it when the broker
+    # is closed (as the receiver does at shutdown): start this thread afresh.
+    state = getattr(broker, "state", None)
+    channel = getattr(state, "channel", None)
+    if channel is not None and not channel.is_open:
+        del broker.connection  # type: ignore[attr-defined]
+    depths = {}
+    for name in sorted(broker.get_declared_queues()):
+        ready, delayed, _dead = counts(name)
+        depths[name], depths[f"{name}.DQ"] = int(ready), int(delayed)
+    return depths

@@ -60,3 +60,32 @@ def test_each_handlers_outcome_is_recorded_per_delivery(broker: str, redis_url: 
         assert abs(record.received_at - time.time()) < 60
     assert queue_depths(receiver.broker)["mem0"] == 0
     assert len(recent_deliveries(receiver.broker, limit=1)) == 1
+
+
+def test_deliveries_and_queue_depths_are_read_on_rabbitmq_too(
+    rabbitmq_url: str, redis_url: str
+) -> None:
+    from conftest import stop_worker
+
+    receiver = Receiver(
+        secrets=[new_secret()], broker=rabbitmq_url, state_url=redis_url, environ={}
+    )
+
+    @receiver.on("memory_delete")
+    def forget(event: MemoryEvent) -> None:
+        pass
+
+    receiver.broker.flush_all()
+    with TestClient(receiver) as client:
+        url = receiver.webhook_url("http://testserver/")
+        sent = client.post(url, content=make_body("memory_delete", memory_id="r1")).json()
+    assert queue_depths(receiver.broker) == {"mem0": 1, "mem0.DQ": 0}
+    worker = dramatiq.Worker(receiver.broker, worker_threads=1, worker_timeout=20)
+    worker.start()
+    try:
+        wait_until(lambda: len(recent_deliveries(receiver.broker)) == 1)
+    finally:
+        stop_worker(worker)
+    (record,) = recent_deliveries(receiver.broker)
+    assert record.delivery_id == sent["delivery_id"]
+    assert list(record.handlers.values()) == ["ok"]
