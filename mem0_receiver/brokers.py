@@ -12,6 +12,7 @@ from urllib.parse import quote, urlsplit
 
 import dramatiq
 import redis
+from dramatiq.asyncio import EventLoopThread, set_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Retries
@@ -59,6 +60,24 @@ def redact(url: str | None) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
+class DaemonAsyncIO(AsyncIO):
+    """dramatiq's AsyncIO middleware, with its event-loop thread a daemon.
+
+    A worker process that gets a second SIGTERM (systemd's default
+    KillMode=control-group sends one to every process, and dramatiq's main
+    process forwards its own) exits through ``sys.exit()`` without stopping the
+    worker (dramatiq/cli.py, ``worker_process``); Python then waits for every
+    non-daemon thread, and dramatiq's loop thread never ends: the process hung.
+    Its unacknowledged messages are redelivered as for any killed worker.
+    """
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        thread = EventLoopThread(self.logger)
+        thread.daemon = True
+        thread.start(timeout=1.0)
+        set_event_loop_thread(thread)
+
+
 def _redis_client(url: str, what: str) -> redis.Redis:
     try:
         return redis.Redis.from_url(
@@ -83,7 +102,7 @@ def _equip(broker: dramatiq.Broker, state_url: str | None = None) -> dramatiq.Br
     # Async handlers run on the event-loop thread that dramatiq's AsyncIO
     # middleware starts (dramatiq/asyncio.py); without it they fail at run time.
     if not any(isinstance(m, AsyncIO) for m in broker.middleware):
-        broker.add_middleware(AsyncIO())
+        broker.add_middleware(DaemonAsyncIO())
     # Handlers read their event from the current message (worker.py says why).
     if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
         broker.add_middleware(CurrentMessage())
