@@ -149,7 +149,7 @@ class WebhookEndpoint:
         }
         limit = self.settings.max_body_bytes
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
             return self._too_large(limit)
         try:
             body = await _read_body(receive, limit)
@@ -158,14 +158,19 @@ class WebhookEndpoint:
         if body is None:
             return None
 
+        scheme = "insecure"
         if not self.settings.insecure:
-            rejected = self._verify(scope, body, headers)
-            if rejected is not None:
-                return rejected
+            verdict = self._verify(scope, body, headers)
+            if isinstance(verdict, Reply):
+                return verdict
+            scheme = verdict
         if not _is_json(headers.get("content-type")):
             return _error(415, "unsupported_media_type", "Send the body as application/json.")
 
-        sender_id = headers.get("webhook-id")
+        # The sender's id names the delivery only when it cannot have been
+        # changed: an hmac signature covers the body but not this header, so a
+        # replay with a new id would otherwise be queued again.
+        sender_id = headers.get("webhook-id") if scheme != "hmac" else None
         if sender_id:
             key = "id:" + hashlib.sha256(sender_id.encode()).hexdigest()
         else:
@@ -209,14 +214,15 @@ class WebhookEndpoint:
             return Reply(202, {"status": "duplicate", "delivery_id": seen})
         return Reply(202, {"status": "queued", "delivery_id": delivery.delivery_id})
 
-    def _verify(self, scope: Scope, body: bytes, headers: dict[str, str]) -> Reply | None:
+    def _verify(self, scope: Scope, body: bytes, headers: dict[str, str]) -> str | Reply:
+        """The name of the first scheme the request passes, or the 401 to send."""
         token = _query_param(scope.get("query_string", b""), TOKEN_PARAM.encode())
         now = time.time()
         reasons = []
         for verifier in self.receiver.verifiers:
             try:
                 verifier.verify(body, headers, token=token, now=now)
-                return None
+                return verifier.name
             except VerificationError as exc:
                 reasons.append(f"{verifier.name}: {exc}")
         logger.warning("Rejected an unverified request: %s", "; ".join(reasons))

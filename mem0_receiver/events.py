@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -252,6 +253,19 @@ def _finite(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
+# JSON can escape half of a UTF-16 surrogate pair on its own ("\\ud800"); json
+# decodes it into a str that cannot be encoded again, in keys as in values.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(obj: object) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _too_deep(obj: object) -> bool:
     stack: list[tuple[object, int]] = [(obj, 1)]
     while stack:
@@ -279,6 +293,12 @@ def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
         raise PayloadError("The body is not valid UTF-8 JSON.", status="malformed") from exc
     if not isinstance(obj, dict):
         raise PayloadError("The body must be a JSON object.", status="malformed")
+    if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(obj):
+        raise PayloadError(
+            "The body contains an escaped lone surrogate (\\ud800-\\udfff), which is not "
+            "valid Unicode.",
+            status="malformed",
+        )
     # Counting brackets is cheap and bounds the depth from above.
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(obj):
         raise PayloadError(f"The body nests deeper than {MAX_DEPTH} levels.")
