@@ -1,7 +1,9 @@
 """The HTTP edge: the only module that knows about status codes.
 
 ``POST /`` verifies, parses and enqueues, then answers 202; every other outcome
-is a JSON error with the right status. ``GET /healthz`` reports the broker.
+is a JSON error with the right status. ``GET /healthz`` answers while the
+process serves, ``GET /readyz`` reports the broker, and ``GET /metrics`` serves
+Prometheus metrics when they are on.
 The webhook endpoint is a plain ASGI callable rather than a Starlette
 ``Request`` handler because it must read the body itself, chunk by chunk, to
 enforce the size limit before buffering a large body.
@@ -25,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .drift import SchemaDrift
 from .errors import EnqueueError, PayloadError, VerificationError
 from .events import Delivery, event_to_json, parse_event, utcnow
 from .verify import TOKEN_PARAM
@@ -51,12 +54,14 @@ def json_response(
 class Reply:
     """A JSON answer, sent as two raw ASGI messages (cheaper than a Starlette Response)."""
 
-    __slots__ = ("body", "headers", "status_code")
+    __slots__ = ("body", "headers", "outcome", "status_code")
 
     def __init__(
         self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
     ) -> None:
         self.status_code = status
+        #: What happened, for metrics: the body's "error" or "status".
+        self.outcome: str = body.get("error") or body["status"]
         self.body = json.dumps(body, separators=(",", ":")).encode()
         self.headers = [
             (b"content-type", b"application/json"),
@@ -123,7 +128,9 @@ class WebhookEndpoint:
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
         self.settings = receiver.settings
-        self._unknown_types: set[str] = set()
+        self.metrics = receiver.metrics
+        count = self.metrics.drifted if self.metrics is not None else None
+        self.drift = SchemaDrift(receiver.known_event_types, count=count)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -132,6 +139,10 @@ class WebhookEndpoint:
         if response is None:  # The client disconnected before sending its body.
             return
         await response(scope, receive, send)
+        if self.metrics is not None:
+            self.metrics.answered(response.outcome, response.status_code)
+            if response.status_code == 202:
+                self.metrics.acknowledged(time.perf_counter() - started)
         logger.info(
             "status=%d delivery=%s event=%s memory_id=%s latency_ms=%.1f",
             response.status_code,
@@ -193,7 +204,7 @@ class WebhookEndpoint:
         context["memory_id"] = event.memory_id or "-"
 
         handlers = self.receiver.registry.handlers_for(event.event_type)
-        self._note_unknown(event.event_type)
+        self.drift.note(event.event_type, event.payload)
         if not handlers:
             return Reply(202, {"status": "ignored", "delivery_id": delivery.delivery_id})
         messages = [encode_message(handler, event_json, event.memory_id) for handler in handlers]
@@ -235,20 +246,15 @@ class WebhookEndpoint:
     def _too_large(self, limit: int) -> Reply:
         return _error(413, "body_too_large", f"The body is larger than {limit} bytes.")
 
-    def _note_unknown(self, event_type: str) -> None:
-        if event_type in self._unknown_types or event_type in self.receiver.known_event_types:
-            return
-        self._unknown_types.add(event_type)
-        logger.warning(
-            "Received an unknown event type %r: acknowledged and passed to '*' handlers only.",
-            event_type[:64],
-        )
-
 
 def build_app(receiver: Receiver, endpoint: WebhookEndpoint) -> Starlette:
-    """The Starlette app around ``endpoint``: /healthz, and JSON 404 and 405 answers."""
+    """The Starlette app around ``endpoint``: /healthz, /readyz, /metrics, JSON 404 and 405."""
 
     async def healthz(request: Request) -> Response:
+        # Liveness: the process serves. The broker is /readyz's business.
+        return json_response(200, {"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
         enqueuer = await receiver.enqueuer()
         try:
             ok = await asyncio.wait_for(enqueuer.ping(), timeout=receiver.settings.enqueue_timeout)
@@ -263,14 +269,25 @@ def build_app(receiver: Receiver, endpoint: WebhookEndpoint) -> Starlette:
         return json_response(404, {"error": "not_found", "detail": detail})
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        body = {"error": "method_not_allowed", "detail": "Use GET for /healthz."}
+        detail = "Use GET for /healthz, /readyz and /metrics."
+        body = {"error": "method_not_allowed", "detail": detail}
         return json_response(405, body, {"Allow": "GET"})
 
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         404: not_found,
         405: method_not_allowed,
     }
-    return Starlette(
-        routes=[Route("/", endpoint), Route("/healthz", healthz, methods=["GET"])],
-        exception_handlers=handlers,
-    )
+    routes = [
+        Route("/", endpoint),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    metrics = receiver.metrics
+    if metrics is not None:
+
+        async def serve_metrics(request: Request) -> Response:
+            text, content_type = metrics.exposition(request.headers.get("accept", ""))
+            return Response(text, headers={"Content-Type": content_type})
+
+        routes.append(Route("/metrics", serve_metrics, methods=["GET"]))
+    return Starlette(routes=routes, exception_handlers=handlers)

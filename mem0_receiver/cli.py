@@ -14,14 +14,17 @@ Every mistake a user can make ends in one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 from .brokers import check_broker, is_durable
-from .config import Settings, use_throwaway_secret
+from .config import ENV_PROMETHEUS_DIR, Settings, use_throwaway_secret
 from .errors import ConfigurationError
 from .events import EVENT_TYPES
 from .receiver import Receiver
@@ -77,6 +80,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
     receiver = _receiver(args.target)
     check_broker(receiver.broker, receiver.settings.broker_url)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if receiver.metrics is not None:
+        from .metrics import watch_workers
+
+        watch_workers(receiver.broker, receiver.metrics.registry)
     worker = dramatiq.Worker(receiver.broker, worker_threads=args.threads, worker_timeout=100)
     worker.start()
     _print_url(receiver, args.host, args.port)
@@ -92,15 +99,42 @@ def cmd_serve(args: argparse.Namespace) -> None:
     receiver = _receiver(args.target)
     _require_durable(receiver, "serve")
     app: object = args.target if args.workers > 1 else receiver
-    uvicorn.run(
-        app,  # type: ignore[arg-type]
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=log_config(args.log_level),
-        log_level=args.log_level,
-        proxy_headers=True,
-    )
+    # uvicorn's processes share one port, so a scrape reaches any one of them:
+    # they keep their samples in files, which each one's /metrics adds up.
+    shared = None
+    if receiver.settings.metrics and args.workers > 1 and ENV_PROMETHEUS_DIR not in os.environ:
+        shared = os.environ[ENV_PROMETHEUS_DIR] = tempfile.mkdtemp(prefix="mem0-receiver-metrics-")
+    try:
+        uvicorn.run(
+            app,  # type: ignore[arg-type]
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=log_config(args.log_level),
+            log_level=args.log_level,
+            proxy_headers=True,
+        )
+    finally:
+        if shared:
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def _share_worker_metrics(target: str) -> None:
+    """Have dramatiq's worker processes keep their samples in dramatiq's directory."""
+    from dramatiq.middleware.prometheus import DB_PATH
+
+    # The processes are forked from this one, so prometheus-client must not
+    # have been imported here before the variable is set (metrics.py).
+    if "prometheus_client" in sys.modules and os.environ.get(ENV_PROMETHEUS_DIR) != DB_PATH:
+        raise ConfigurationError(
+            f"{target} imports prometheus_client before the worker can make it count across "
+            f"processes; start the worker with {ENV_PROMETHEUS_DIR}={DB_PATH} set."
+        )
+    os.environ[ENV_PROMETHEUS_DIR] = DB_PATH
+    # dramatiq documents the directory as cleared before every run but leaves
+    # that to us; files of an earlier run's processes would be added up too.
+    for path in glob.glob(os.path.join(DB_PATH, "*.db")):
+        os.remove(path)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -110,6 +144,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     receiver = _receiver(args.target)
     _require_durable(receiver, "worker")
+    if receiver.settings.metrics:
+        _share_worker_metrics(args.target)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     receiver.check_durability()
     print(receiver.describe(), flush=True)

@@ -8,6 +8,7 @@ environment fills in what the arguments leave out:
 ``MEM0_RECEIVER_BROKER_URL``   ``redis://…`` (or ``amqp://…``); unset: in-memory
 ``MEM0_RECEIVER_VERIFY``       comma-separated schemes: token, hmac, standard
 ``MEM0_RECEIVER_STATE_URL``    with RabbitMQ: the Redis for dedupe, order, failures
+``MEM0_RECEIVER_METRICS``      1 to serve Prometheus metrics (the ``metrics`` extra)
 =============================  ==========================================
 """
 
@@ -44,6 +45,10 @@ ENV_SECRETS = "MEM0_RECEIVER_SECRETS"
 ENV_BROKER_URL = "MEM0_RECEIVER_BROKER_URL"
 ENV_VERIFY = "MEM0_RECEIVER_VERIFY"
 ENV_STATE_URL = "MEM0_RECEIVER_STATE_URL"
+ENV_METRICS = "MEM0_RECEIVER_METRICS"
+#: prometheus-client's own: when set at its first import, samples go to files
+#: in this directory, so that several processes can be scraped as one.
+ENV_PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def use_throwaway_secret(secret: str) -> bool:
@@ -58,6 +63,15 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _flag(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be 1 or 0 (or true or false), not {value!r}.")
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved configuration of one receiver."""
@@ -66,6 +80,7 @@ class Settings:
     verify: tuple[str, ...] = DEFAULT_VERIFY
     broker_url: str | None = None
     state_url: str | None = None
+    metrics: bool = False
     insecure: bool = False
     strict: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -81,6 +96,7 @@ class Settings:
         verify: Sequence[str] | str | None,
         broker_url: str | None,
         state_url: str | None = None,
+        metrics: bool | None = None,
         environ: Mapping[str, str] | None = None,
         **values: object,
     ) -> Settings:
@@ -98,11 +114,14 @@ class Settings:
             broker_url = env.get(ENV_BROKER_URL) or None
         if state_url is None:
             state_url = env.get(ENV_STATE_URL) or None
+        if metrics is None:
+            metrics = _flag(ENV_METRICS, env.get(ENV_METRICS, ""))
         settings = cls(
             secrets=tuple(secrets),
             verify=tuple(verify),
             broker_url=broker_url,
             state_url=state_url,
+            metrics=metrics,
             **values,  # type: ignore[arg-type]
         )
         settings._check()

@@ -45,6 +45,7 @@ __all__ = [
     "event_from_json",
     "event_to_json",
     "parse_event",
+    "unknown_fields",
 ]
 
 
@@ -229,6 +230,52 @@ def _fields(obj: dict[str, Any]) -> dict[str, Any]:
         user_id = details.get("user_id", data.get("user_id"))
         fields["user_id"] = user_id if isinstance(user_id, str) else None
     return fields
+
+
+# The field names Mem0's documentation and guide show, and those the parser
+# reads, per event type: in ``event_details`` (or at the top level of the flat
+# shape) and, for memory changes, in ``data``. Ingest-job payloads are
+# undocumented: the names are those the parser reads.
+_COMMON_FIELDS = frozenset({"event", "event_type", "timestamp", "user_id"})
+_MEMORY_FIELDS = _COMMON_FIELDS | {"id", "memory_id", "memory", "data"}
+_JOB_FIELDS = _COMMON_FIELDS | {"id", "job_id", "memory_id", "status"}
+KNOWN_FIELDS: dict[str, frozenset[str]] = {
+    "memory_add": _MEMORY_FIELDS,
+    "memory_update": _MEMORY_FIELDS,
+    "memory_delete": _MEMORY_FIELDS,
+    "memory_categorize": _COMMON_FIELDS | {"id", "memory_id", "categories"},
+    **{name: _JOB_FIELDS for name in EVENT_TYPES if name.startswith("ingest_job_")},
+}
+KNOWN_DATA_FIELDS = frozenset({"memory", "user_id"})
+_NOTHING: frozenset[str] = frozenset()
+
+
+def unknown_fields(event_type: str, payload: dict[str, Any]) -> frozenset[str]:
+    """Names in ``payload`` that the model of ``event_type`` does not know, as dotted paths.
+
+    ``{"event_details": {..., "score": 0.9}}`` gives ``{"event_details.score"}``;
+    an event type with no model gives nothing (it is drift of its own kind).
+    """
+    known = KNOWN_FIELDS.get(event_type)
+    if known is None:
+        return _NOTHING
+    found = payload.get("event_details")
+    nested = isinstance(found, dict)
+    details: dict[str, Any] = found if isinstance(found, dict) else payload
+    data = details.get("data") if known is _MEMORY_FIELDS else None
+    data_keys = data.keys() if isinstance(data, dict) else _NOTHING
+    # The usual case, cheaply: subset tests build no sets.
+    if (
+        (not nested or len(payload) == 1)
+        and details.keys() <= known
+        and data_keys <= KNOWN_DATA_FIELDS
+    ):
+        return _NOTHING
+    prefix = "event_details." if nested else ""
+    names = {name for name in payload if name != "event_details"} if nested else set()
+    names.update(prefix + name for name in details.keys() - known)
+    names.update(f"{prefix}data.{name}" for name in data_keys - KNOWN_DATA_FIELDS)
+    return frozenset(names)
 
 
 #: Deeper JSON is refused: no Mem0 payload nests like that, and pydantic cannot

@@ -142,6 +142,8 @@ class DeliveryGuard(Middleware):
         #: The Redis holding the handlers' state, if any (for start-up checks).
         self.state = state
         self.crash_limit = crash_limit
+        #: Called with (handler, outcome) when a run ends; metrics.py counts them.
+        self.on_outcome: Callable[[str, str], None] | None = None
         self._janitor: Janitor | None = None
         self._gate = _Gate()
         self._held = threading.local()
@@ -282,6 +284,8 @@ class DeliveryGuard(Middleware):
                 attempt_key, done_key=done_key, order_key=order_key, seq=seq, outcome=outcome
             ),
         )
+        if status and self.on_outcome is not None:
+            self.on_outcome(message.actor_name[len(ACTOR_PREFIX) :], status)
 
     @staticmethod
     def _outcome(message: Any, status: str) -> Outcome | None:

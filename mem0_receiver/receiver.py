@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
@@ -39,11 +40,19 @@ from .server import redact_access_log
 from .verify import TOKEN_PARAM, TokenVerifier, Verifier, build_verifiers
 from .worker import bind_handler
 
+if TYPE_CHECKING:
+    from .metrics import ReceiverMetrics
+
 __all__ = ["Receiver"]
 
 logger = logging.getLogger("mem0_receiver")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_NO_PROMETHEUS = (
+    "Metrics need prometheus-client: pip install 'mem0-receiver[metrics]', "
+    "or turn them off (metrics=False, MEM0_RECEIVER_METRICS=0)."
+)
 
 
 class Receiver:
@@ -73,6 +82,8 @@ class Receiver:
             in-memory, not durable.
         state_url: With RabbitMQ (or another non-Redis broker), the Redis that
             keeps dedupe keys, per-memory order and the failure store.
+        metrics: Serve Prometheus metrics at ``GET /metrics`` (needs the
+            ``metrics`` extra); off unless set here or by MEM0_RECEIVER_METRICS=1.
         insecure: Accept requests without any verification (local experiments only).
         strict: Refuse to start, rather than warn, when Redis could lose acknowledged
             events (``appendonly`` off, an evicting ``maxmemory-policy``).
@@ -90,6 +101,7 @@ class Receiver:
         verify: Sequence[str] | str | None = None,
         broker: str | dramatiq.Broker | None = None,
         state_url: str | None = None,
+        metrics: bool | None = None,
         insecure: bool = False,
         strict: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -107,6 +119,7 @@ class Receiver:
             verify=verify,
             broker_url=broker if isinstance(broker, str) else None,
             state_url=state_url,
+            metrics=metrics,
             environ=environ,
             insecure=insecure,
             strict=strict,
@@ -124,6 +137,7 @@ class Receiver:
         self._endpoint: WebhookEndpoint | None = None
         self._enqueuer: Enqueuer | None = None
         self._enqueuer_loop: asyncio.AbstractEventLoop | None = None
+        self._metrics: ReceiverMetrics | None = None
 
     # Handlers ------------------------------------------------------------
 
@@ -169,6 +183,7 @@ class Receiver:
             "verify": self.settings.verify,
             "broker": self._given_broker or self.settings.broker_url,
             "state_url": self.settings.state_url,
+            "metrics": self.settings.metrics,
             "insecure": self.settings.insecure,
             "strict": self.settings.strict,
             "max_body_bytes": self.settings.max_body_bytes,
@@ -215,10 +230,27 @@ class Receiver:
                 )
         return self._verifiers
 
+    @property
+    def metrics(self) -> ReceiverMetrics | None:
+        """The receiver's Prometheus metrics, served at ``GET /metrics``; None when off."""
+        if self._metrics is None and self.settings.metrics:
+            try:
+                from .metrics import ReceiverMetrics
+            except ImportError as exc:
+                if not (exc.name or "").startswith("prometheus_client"):
+                    raise
+                raise ConfigurationError(_NO_PROMETHEUS) from None
+            self._metrics = ReceiverMetrics()
+        return self._metrics
+
     def check(self) -> None:
         """Build everything now; raise ConfigurationError on any mistake."""
         self.verifiers  # noqa: B018
         self.broker  # noqa: B018
+        # Found, not imported: `worker` must set up prometheus-client's
+        # multiprocess mode before its first import (metrics.py says why).
+        if self.settings.metrics and importlib.util.find_spec("prometheus_client") is None:
+            raise ConfigurationError(_NO_PROMETHEUS)
 
     async def enqueuer(self) -> Enqueuer:
         """The enqueuer for the running event loop (asyncio clients belong to one loop)."""

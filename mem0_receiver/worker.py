@@ -134,4 +134,10 @@ def bootstrap() -> None:
     from .target import load_receiver
 
     receiver = load_receiver(os.environ[ENV_TARGET])
+    if receiver.settings.metrics:
+        # Imported here, after `mem0-receiver worker` put prometheus-client in
+        # multiprocess mode (metrics.py).
+        from .metrics import WorkerPrometheus
+
+        receiver.broker.add_middleware(WorkerPrometheus())
     dramatiq.set_broker(receiver.broker)

@@ -253,3 +253,24 @@ def stop_worker(worker: Any) -> None:
     """Stop a worker and close its broker's connections (RabbitMQ keeps one per thread)."""
     worker.stop()
     worker.broker.close()
+
+
+class Samples:
+    """Prometheus exposition text, parsed by prometheus-client's own parser."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.values = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def __call__(self, name: str, **labels: str) -> float | None:
+        """The sample's value, or None when there is no such sample."""
+        return self.values.get((name, frozenset(labels.items())))
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self.values}

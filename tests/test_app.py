@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -258,10 +258,31 @@ def test_insecure_receiver_accepts_unsigned_requests_and_warns(
     assert any("Verification is OFF" in r.getMessage() for r in caplog.records)
 
 
-def test_healthz_reports_an_available_broker(hooks: WebhookTester) -> None:
-    response = hooks._client.get("/healthz")
+def test_readyz_reports_an_available_broker(hooks: WebhookTester) -> None:
+    response = hooks._client.get("/readyz")
     assert response.status_code == 200
-    assert response.json()["status"] == "ok"
+    assert response.json() == {"status": "ok", "broker": "StubBroker"}
+
+
+def test_healthz_stays_200_while_readyz_follows_redis_down_and_back(
+    make_redis: Callable[..., RedisServer],
+) -> None:
+    server = make_redis()
+    receiver = make_receiver(broker=server.url, enqueue_timeout=0.5)
+    with TestClient(receiver) as client:
+        assert client.get("/readyz").status_code == 200
+        server.stop()
+        started = time.monotonic()
+        ready = client.get("/readyz")
+        waited = time.monotonic() - started
+        alive = client.get("/healthz")
+        server.start()
+        back = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "broker": server.url}
+    assert waited < 1.5
+    assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+    assert back.status_code == 200
 
 
 def test_receiver_mounts_under_a_path_in_starlette() -> None:
@@ -330,7 +351,8 @@ def test_frozen_redis_gets_503_within_the_enqueue_deadline(make_redis: object) -
             started = time.monotonic()
             response = client.post(url, content=make_body("memory_delete"), headers=headers)
             waited = time.monotonic() - started
-            health = client.get("/healthz")
+            ready = client.get("/readyz")
+            alive = client.get("/healthz")
         finally:
             server.thaw()
         assert (
@@ -338,4 +360,5 @@ def test_frozen_redis_gets_503_within_the_enqueue_deadline(make_redis: object) -
         )
     assert response.status_code == 503
     assert waited < 1.5
-    assert health.status_code == 503
+    assert ready.status_code == 503
+    assert alive.status_code == 200

@@ -84,7 +84,8 @@ def test_serve_and_worker_processes_handle_every_documented_payload_through_redi
     # Bad input through the real server, too.
     assert httpx.post(url.split("?")[0], content=bodies[0]).status_code == 401
     assert httpx.post(url, content=b"{").status_code == 400
-    assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["status"] == "ok"
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["status"] == "ok"
 
     lines = ledger_lines(project, 12)
     assert lines == sorted(

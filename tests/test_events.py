@@ -26,6 +26,7 @@ from mem0_receiver.events import (
     UnknownEvent,
     event_from_json,
     parse_event,
+    unknown_fields,
 )
 from mem0_receiver.testing import DOCUMENTED_BODIES, make_payload
 
@@ -207,6 +208,39 @@ def test_unknown_keys_never_make_a_payload_rejected(event_type: str) -> None:
 
     assert event.event_type == event_type
     assert event.payload == payload
+
+
+UNKNOWN_FIELDS = {
+    "documented": (DOCUMENTED_BODIES["memory_add"], set()),
+    "documented flat": (DOCUMENTED_BODIES["flat"], set()),
+    "in event_details": (
+        body_of(make_payload("memory_add", source="api", score=0.9)),
+        {"event_details.source", "event_details.score"},
+    ),
+    "in data": (
+        body_of({"event_details": {"event": "UPDATE", "id": "m1", "data": {"tags": [MEMORY]}}}),
+        {"event_details.data.tags"},
+    ),
+    "beside event_details": (
+        body_of({**make_payload("memory_delete"), "request_id": "r1"}),
+        {"request_id"},
+    ),
+    "flat": (body_of(make_payload("memory_update", shape="flat", version=2)), {"version"}),
+    "categorize": (body_of(make_payload("memory_categorize", data={})), {"event_details.data"}),
+    "ingest job": (
+        body_of(make_payload("ingest_job_failed", error=MEMORY)),
+        {"event_details.error"},
+    ),
+    "unknown type": (body_of({"event": "memory_archive", "memory_id": "m1", "x": 1}), set()),
+}
+
+
+@pytest.mark.parametrize(("body", "names"), UNKNOWN_FIELDS.values(), ids=UNKNOWN_FIELDS.keys())
+def test_unknown_fields_names_what_the_model_does_not_know_as_dotted_paths(
+    body: bytes, names: set[str]
+) -> None:
+    event = parse(body)
+    assert unknown_fields(event.event_type, event.payload) == names
 
 
 # Crossing the queue

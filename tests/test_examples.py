@@ -206,8 +206,8 @@ def test_fastapi_app_serves_its_own_routes_next_to_the_mounted_receiver(
             {"id": 2, "name": "pencil"},
         ]
         assert client.get("/events/recent").json() == []
-        health = client.get("/webhooks/mem0/healthz")
-    assert health.json() == {"status": "ok", "broker": "in-memory"}
+        ready = client.get("/webhooks/mem0/readyz")
+    assert ready.json() == {"status": "ok", "broker": "in-memory"}
 
 
 def test_fastapi_app_shows_events_posted_to_the_mounted_receiver(

@@ -117,7 +117,7 @@ def test_start_up_warns_when_redis_could_lose_acknowledged_events(
 def test_strict_receiver_refuses_to_start_on_redis_without_appendonly(make_redis: Any) -> None:
     volatile = make_redis(appendonly=False)
     receiver = Receiver(secrets=[new_secret()], broker=volatile.url, strict=True, environ={})
-    with pytest.raises(ConfigurationError, match="appendonly=no.*strict=True refuses to start"):
+    with pytest.raises(ConfigurationError, match=r"appendonly=no.*strict=True refuses to start"):
         receiver.check_durability()
     durable = make_redis(appendonly=True)
     Receiver(secrets=[new_secret()], broker=durable.url, strict=True, environ={}).check_durability()
