@@ -5,6 +5,7 @@
     mem0-receiver dev app:receiver          # receiver + worker in one process
     mem0-receiver serve app:receiver        # production HTTP side (uvicorn)
     mem0-receiver worker app:receiver       # production worker side (dramatiq)
+    mem0-receiver dashboard app:receiver    # the deliveries page, behind a password
     mem0-receiver url https://example.com/webhooks/mem0
     mem0-receiver secret
 
@@ -233,6 +234,31 @@ def cmd_dlq(args: argparse.Namespace) -> None:
         print(f"{len(chosen)} failed event(s).")
 
 
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .dashboard import ENV_PASSWORD, Dashboard
+
+    password = os.environ.get(ENV_PASSWORD)
+    if not password:
+        raise ConfigurationError(
+            f"Set {ENV_PASSWORD} to the password the deliveries page will ask for; "
+            "there is no default."
+        )
+    receiver = load_receiver(args.target)
+    if not is_durable(receiver.broker):
+        raise ConfigurationError(
+            "`dashboard` shows what workers in other processes record, so it needs "
+            "MEM0_RECEIVER_BROKER_URL=redis://…; with the in-memory broker, mount "
+            "Dashboard(receiver) in the process that runs the worker instead."
+        )
+    check_broker(receiver.broker, receiver.settings.broker_url)
+    app = Dashboard(receiver, username=args.username, password=password)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"Deliveries page: http://{shown}:{args.port}/ (user {args.username})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=log_config(), proxy_headers=True)
+
+
 def cmd_register(args: argparse.Namespace) -> None:
     from . import registration
 
@@ -328,6 +354,12 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--handler", help="only this handler's failures")
     dead.add_argument("--id", nargs="+", help="only these message or delivery ids")
     dead.add_argument("--yes", action="store_true", help="purge without asking")
+
+    board = command("dashboard", cmd_dashboard, "Serve the deliveries page, behind a password.")
+    board.add_argument("target", metavar="TARGET", help="module:attribute of your Receiver")
+    board.add_argument("--host", default="127.0.0.1")
+    board.add_argument("--port", type=int, default=8001)
+    board.add_argument("--username", default="admin", help="the user name to ask for")
 
     register = command("register", cmd_register, "Create, list or delete the webhook in Mem0.")
     register.add_argument("base_url", metavar="BASE_URL", nargs="?", help="receiver's public URL")
