@@ -56,8 +56,18 @@ def test_each_enabled_scheme_alone_is_enough(hooks: WebhookTester, scheme: str) 
 
 def test_standard_webhook_id_becomes_the_delivery_id(hooks: WebhookTester) -> None:
     headers = hooks.signer.standard_headers(BODY, msg_id="msg_2Lh9")
-    response = hooks.post(BODY, scheme="hmac", headers=headers)
+    response = hooks.post(BODY, scheme="standard", headers=headers)
     assert response.json() == {"status": "queued", "delivery_id": "msg_2Lh9"}
+
+
+def test_a_webhook_id_that_no_signature_covers_does_not_name_the_delivery(
+    hooks: WebhookTester,
+) -> None:
+    # hmac signs the timestamp and body only: a replay with a fresh id is a duplicate.
+    first = hooks.post(BODY, scheme="hmac", headers={"webhook-id": "a"}).json()
+    again = hooks.post(BODY, scheme="hmac", headers={"webhook-id": "b"}).json()
+    assert first["delivery_id"] != "a"
+    assert again == {"status": "duplicate", "delivery_id": first["delivery_id"]}
 
 
 OTHER = Signer([new_secret()])
