@@ -7,6 +7,7 @@ A missing redis-server binary fails the tests with the command that installs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -27,6 +28,15 @@ os.environ.setdefault("MEM0_TELEMETRY", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll until ``predicate()`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("The condition did not hold in time.")
+        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -177,10 +187,12 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start long-running commands (serve, worker, dev); all are stopped after the test."""
     processes: list[subprocess.Popen[str]] = []
 
-    def start(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    def start(
+        *args: str, cwd: Path, env: dict[str, str], program: str = "mem0-receiver"
+    ) -> subprocess.Popen[str]:
         log = open(tmp_path / f"process{len(processes)}.log", "w+")
         process = subprocess.Popen(
-            [str(BIN / "mem0-receiver"), *args],
+            [str(BIN / program), *args],
             cwd=cwd,
             env=env,
             stdout=log,
@@ -195,12 +207,14 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     yield start
     for process in processes:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            process.terminate()  # as an operator would; the command stops its children
             try:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything the command left behind
         process.log.close()  # type: ignore[attr-defined]
 
 

@@ -17,7 +17,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from conftest import (
     start_worker,
     stop_worker,
     wait_for_port,
+    wait_until,
 )
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -53,14 +54,6 @@ INSTALL = (
     "apt-get update && apt-get install -y chromium chromium-driver "
     "(Debian/Ubuntu), and pip install -e '.[test]' for selenium"
 )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("The condition did not hold in time.")
-        time.sleep(0.02)
 
 
 def csrf_of(page: str) -> str:

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import dramatiq
 import pytest
+from conftest import wait_until
 from starlette.testclient import TestClient
 
 from mem0_receiver import MemoryEvent, Receiver
 from mem0_receiver.deliveries import queue_depths, recent_deliveries
 from mem0_receiver.testing import make_body
 from mem0_receiver.verify import new_secret
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("The condition did not hold in time.")
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("broker", ["redis", "in-memory"])

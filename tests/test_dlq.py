@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dramatiq
 import pytest
-from conftest import BIN, cli_env, mem0_receiver
+from conftest import BIN, cli_env, mem0_receiver, wait_until
 from starlette.testclient import TestClient
 
 from mem0_receiver import Receiver
@@ -33,14 +32,6 @@ def forget(event):
     with open(HERE / "ledger", "a") as ledger:
         ledger.write(f"forget {event.memory_id}\\n")
 """
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("The condition did not hold in time.")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import importlib.util
 import logging
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from urllib.parse import urlsplit
 import dramatiq
 import httpx
 import pytest
-from conftest import BIN, ROOT, cli_env, free_port, mem0_receiver, output, wait_for_port
+from conftest import ROOT, cli_env, free_port, mem0_receiver, output, wait_for_port
 from starlette.testclient import TestClient
 
 from mem0_receiver import Receiver
@@ -249,35 +248,13 @@ def test_fastapi_app_handler_records_events_sent_through_the_webhook_tester(
 
 
 @pytest.fixture
-def uvicorn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start ``uvicorn`` as the README does; stopped (process group) after the test."""
-    processes: list[subprocess.Popen[str]] = []
+def uvicorn(spawn: Callable[..., subprocess.Popen[str]]) -> Callable[..., subprocess.Popen[str]]:
+    """Start ``uvicorn`` as the README does; stopped after the test."""
 
     def start(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-        log = open(tmp_path / f"uvicorn{len(processes)}.log", "w+")
-        process = subprocess.Popen(
-            [str(BIN / "uvicorn"), *args],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        process.log = log  # type: ignore[attr-defined]
-        processes.append(process)
-        return process
+        return spawn(*args, cwd=cwd, env=env, program="uvicorn")
 
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
-        process.log.close()  # type: ignore[attr-defined]
+    return start
 
 
 def test_fastapi_app_runs_under_uvicorn_with_a_mem0_receiver_worker_on_redis(

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import dramatiq
 import pytest
-from conftest import start_worker, stop_worker
+from conftest import start_worker, stop_worker, wait_until
 from starlette.testclient import TestClient
 
 from mem0_receiver import MemoryEvent, Receiver
@@ -20,14 +20,6 @@ from mem0_receiver.verify import new_secret
 from mem0_receiver.worker import encode_message
 
 FAST = {"min_backoff": 10, "max_backoff": 40}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("The condition did not hold in time.")
-        time.sleep(0.02)
 
 
 @pytest.fixture(params=["redis", "rabbitmq", "in-memory"])

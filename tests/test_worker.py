@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import dramatiq
 import pytest
-from conftest import start_worker, stop_worker
+from conftest import start_worker, stop_worker, wait_until
 from starlette.testclient import TestClient
 
 from mem0_receiver import MemoryAdded, MemoryCategorized, MemoryEvent, Receiver
@@ -18,14 +18,6 @@ from mem0_receiver.testing import make_body
 from mem0_receiver.verify import new_secret
 
 FAST_RETRIES = {"min_backoff": 10, "max_backoff": 50}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("The condition did not hold in time.")
-        time.sleep(0.02)
 
 
 class Ledger:
