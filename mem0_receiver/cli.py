@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 from .brokers import check_broker, is_durable
-from .config import ENV_PROMETHEUS_DIR, Settings, use_throwaway_secret
+from .config import ENV_PROMETHEUS_DIR, Settings, dashboard_password, use_throwaway_secret
 from .errors import ConfigurationError
 from .events import EVENT_TYPES
 from .receiver import Receiver
@@ -239,7 +239,7 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 
     from .dashboard import ENV_PASSWORD, Dashboard
 
-    password = os.environ.get(ENV_PASSWORD)
+    password = dashboard_password()
     if not password:
         raise ConfigurationError(
             f"Set {ENV_PASSWORD} to the password the deliveries page will ask for; "

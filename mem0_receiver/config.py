@@ -51,6 +51,15 @@ ENV_METRICS = "MEM0_RECEIVER_METRICS"
 ENV_PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
+ENV_DASHBOARD_PASSWORD = "MEM0_RECEIVER_DASHBOARD_PASSWORD"
+
+
+def dashboard_password(environ: Mapping[str, str] | None = None) -> str | None:
+    """For ``mem0-receiver dashboard``: the password its page asks for, if set."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_DASHBOARD_PASSWORD) or None
+
+
 def use_throwaway_secret(secret: str) -> bool:
     """For ``mem0-receiver dev`` only: set ``secret`` if no secret is configured."""
     if os.environ.get(ENV_SECRETS):

@@ -33,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import dlq
 from .brokers import failure_store
+from .config import ENV_DASHBOARD_PASSWORD
 from .errors import ConfigurationError
 from .failures import Failure
 from .pages import STYLE_HASH, confirm_page, index_page, message_page
@@ -59,7 +60,7 @@ DEFAULT_FAILURE_LIMIT = 100
 #: The most failed events that one replay or purge acts on.
 MAX_BATCH = 1000
 #: Where ``mem0-receiver dashboard`` reads the password (there is no default).
-ENV_PASSWORD = "MEM0_RECEIVER_DASHBOARD_PASSWORD"
+ENV_PASSWORD = ENV_DASHBOARD_PASSWORD
 
 _MAX_FORM_BYTES = 256 * 1024
 _BROKER_ERRORS = (redis.RedisError, dramatiq.errors.BrokerError, OSError)
