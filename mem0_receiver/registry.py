@@ -66,9 +66,6 @@ class Handler:
     def actor_name(self) -> str:
         return _ACTOR_PREFIX + self.name
 
-    def accepts(self, event_type: str) -> bool:
-        return WILDCARD in self.event_types or event_type in self.event_types
-
 
 def _check_options(options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(OPTIONS))
