@@ -1,1 +1,1 @@
-"""Worker-side modules for bench/run.py's measure_workers()."""
+"""Worker-side modules for measure_workers() in bench/draining.py."""
