@@ -30,6 +30,7 @@ import httpx
 
 from .errors import ConfigurationError
 from .events import EVENT_TYPES
+from .server import redact_token
 
 __all__ = [
     "EVENT_TYPES",
@@ -53,7 +54,6 @@ _INSTALL_HINT: Final = (
 _MISSING_KEY: Final = "Set MEM0_API_KEY or pass --api-key."
 # Ids go into URL paths unescaped by the client, so keep them to one safe segment.
 _ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]+")
-_TOKEN_PARAM: Final = re.compile(r"""(?i)(?<=[?&;])(token)=[^&;#\s'"]*""")
 _USERINFO_PASSWORD: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
 _MAX_DETAIL: Final = 200
 _MIN_SECRET_LENGTH: Final = 6
@@ -86,8 +86,7 @@ def redact_url(url: str) -> str:
     A password in the URL's user info is hidden the same way. Everything else
     is kept byte for byte, so the result still says which endpoint is meant.
     """
-    redacted = _TOKEN_PARAM.sub(rf"\1={REDACTED}", url)
-    return _USERINFO_PASSWORD.sub(rf"\1:{REDACTED}@", redacted)
+    return _USERINFO_PASSWORD.sub(rf"\1:{REDACTED}@", redact_token(url))
 
 
 def redact_webhook(webhook: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,15 @@ from typing import Any
 
 from .verify import TOKEN_PARAM
 
-__all__ = ["RedactToken", "log_config", "redact_access_log"]
+__all__ = ["RedactToken", "log_config", "redact_access_log", "redact_token"]
 
-_TOKEN = re.compile(rf"([?&]{TOKEN_PARAM}=)[^&\s]*")
+# Anywhere in a text (a path, a URL inside an error message), whatever its case.
+_TOKEN = re.compile(rf"""(?i)(?<=[?&;])({TOKEN_PARAM})=[^&;#\s'"]*""")
 
 
 def redact_token(text: str) -> str:
     """``/?token=abc&x=1`` → ``/?token=…&x=1``."""
-    return _TOKEN.sub(r"\1…", text)
+    return _TOKEN.sub(r"\1=…", text)
 
 
 class RedactToken(logging.Filter):
