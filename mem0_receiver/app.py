@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from .drift import SchemaDrift
 from .errors import EnqueueError, PayloadError, VerificationError
-from .events import Delivery, event_to_json, parse_event, utcnow
+from .events import EVENT_TYPES, Delivery, event_to_json, parse_event, utcnow
 from .verify import TOKEN_PARAM
 from .worker import encode_message
 
@@ -130,7 +130,7 @@ class WebhookEndpoint:
         self.settings = receiver.settings
         self.metrics = receiver.metrics
         count = self.metrics.drifted if self.metrics is not None else None
-        self.drift = SchemaDrift(receiver.known_event_types, count=count)
+        self.drift = SchemaDrift(frozenset(EVENT_TYPES), count=count)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

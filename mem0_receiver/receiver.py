@@ -33,7 +33,6 @@ from .config import (
 )
 from .enqueue import BrokerEnqueuer, Enqueuer, RedisEnqueuer
 from .errors import ConfigurationError
-from .events import EVENT_TYPES
 from .rabbitmq import RABBITMQ_SCHEMES, RabbitEnqueuer
 from .registry import Handler, Registry
 from .server import redact_access_log
@@ -129,7 +128,6 @@ class Receiver:
             signature_tolerance=signature_tolerance,
         )
         self.registry = Registry()
-        self.known_event_types = frozenset(EVENT_TYPES)
         self._given_broker = broker if isinstance(broker, dramatiq.Broker) else None
         self._broker: dramatiq.Broker | None = None
         self._verifiers: list[Verifier] | None = None
