@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from .drift import SchemaDrift
 from .errors import EnqueueError, PayloadError, VerificationError
-from .events import EVENT_TYPES, Delivery, event_to_json, parse_event, utcnow
+from .events import EVENT_TYPES, Delivery, parse_event, utcnow
 from .verify import TOKEN_PARAM
 from .worker import encode_message
 
@@ -195,7 +195,6 @@ class WebhookEndpoint:
         context["delivery_id"] = delivery.delivery_id
         try:
             event = parse_event(body, delivery=delivery)
-            event_json = event_to_json(event)
         except PayloadError as exc:
             if exc.status == "malformed":
                 return _error(400, "malformed_body", str(exc))
@@ -207,6 +206,8 @@ class WebhookEndpoint:
         self.drift.note(event.event_type, event.payload)
         if not handlers:
             return Reply(202, {"status": "ignored", "delivery_id": delivery.delivery_id})
+        # parse_event refused what JSON cannot carry back out (lone surrogates).
+        event_json = event.model_dump_json()
         messages = [encode_message(handler, event_json, event.memory_id) for handler in handlers]
         try:
             enqueuer = await self.receiver.enqueuer()

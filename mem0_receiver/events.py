@@ -43,7 +43,6 @@ __all__ = [
     "MemoryUpdated",
     "UnknownEvent",
     "event_from_json",
-    "event_to_json",
     "parse_event",
     "unknown_fields",
 ]
@@ -352,24 +351,6 @@ def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
     fields = _fields(obj)
     cls = EVENT_CLASSES.get(fields["event_type"], UnknownEvent)
     return cls.model_validate({**fields, "payload": obj, "delivery": delivery})
-
-
-def event_to_json(event: MemoryEvent) -> str:
-    """The event as JSON for the queue.
-
-    Raises:
-        PayloadError: (``status="malformed"``) when the body held a lone
-            surrogate escape such as ``"\\ud800"``: valid JSON syntax, but not
-            Unicode, so it cannot be written back out.
-    """
-    try:
-        return event.model_dump_json()
-    except ValueError as exc:
-        raise PayloadError(
-            "The body contains an escaped lone surrogate (\\ud800-\\udfff), which is not "
-            "valid Unicode.",
-            status="malformed",
-        ) from exc
 
 
 def event_from_json(data: dict[str, Any]) -> MemoryEvent:
