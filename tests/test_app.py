@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -194,24 +196,41 @@ def test_body_over_the_limit_gets_413_from_content_length() -> None:
 
 
 def test_chunked_body_over_the_limit_gets_413_while_reading() -> None:
+    # Straight through the ASGI interface, to see how much of the body the app
+    # reads: TestClient would buffer the whole stream before the app saw it.
     receiver = make_receiver(max_body_bytes=1000)
-    token = Signer([SECRET]).token()
-    chunks_sent = []
+    token = Signer([SECRET]).token().encode()
+    chunks_read = 0
+    sent: list[dict[str, Any]] = []
 
-    def chunks() -> Iterator[bytes]:
-        for _ in range(50):
-            chunks_sent.append(1)
-            yield b" " * 100
+    async def receive() -> dict[str, Any]:
+        nonlocal chunks_read
+        chunks_read += 1
+        return {"type": "http.request", "body": b" " * 100, "more_body": chunks_read < 50}
 
-    with TestClient(receiver) as client:
-        response = client.post(
-            "/",
-            params={"token": token},
-            content=chunks(),
-            headers={"Content-Type": "application/json"},
-        )
-    assert response.status_code == 413
-    assert "content-length" not in {k.lower() for k in response.request.headers}
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "root_path": "",
+        "query_string": b"token=" + token,
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+    }
+
+    async def scenario() -> None:
+        await receiver.startup()
+        try:
+            await receiver(scope, receive, send)
+        finally:
+            await receiver.shutdown()
+
+    asyncio.run(scenario())
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["error"] == "body_too_large"
+    assert chunks_read == 11  # refused at the chunk that passed 1000 bytes, not after 5000
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
