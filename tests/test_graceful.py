@@ -26,32 +26,25 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import RedisServer, cli_env, free_port, wait_for_port
+from ledger import RECORD_SOURCE, Ledger
 
 from mem0_receiver import Receiver
 from mem0_receiver.brokers import redact
 from mem0_receiver.testing import make_body
 from mem0_receiver.verify import new_secret
 
-APP = """
+APP = (
+    """
 import os
 import time
 
 from mem0_receiver import Receiver
 
 receiver = Receiver()
-LEDGER = os.environ["GRACEFUL_LEDGER"]
 SECONDS = float(os.environ.get("GRACEFUL_HANDLER_SECONDS", "0"))
-
-
-def record(kind, event):
-    # One O_APPEND write to this process's own file: in the kernel once os.write returns.
-    path = os.path.join(LEDGER, f"{os.getpid()}.log")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{kind} {event.memory_id} {os.getpid()}\\n".encode())
-    finally:
-        os.close(fd)
-
+"""
+    + RECORD_SOURCE
+    + """
 
 @receiver.on("memory_add", queue_name="graceful")
 def slow(event):
@@ -59,28 +52,9 @@ def slow(event):
     time.sleep(SECONDS)
     record("done", event)
 """
+)
 
 Spawn = Callable[..., subprocess.Popen[str]]
-
-
-class Ledger:
-    """The handlers' ``kind memory_id pid`` lines, from every worker process's file."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir()
-        self.directory = directory
-
-    def lines(self) -> list[tuple[str, str, int]]:
-        entries = []
-        for path in sorted(self.directory.glob("*.log")):
-            for line in path.read_text().splitlines(keepends=True):
-                if line.endswith("\n"):  # a line is complete once its newline is written
-                    kind, memory_id, pid = line.split()
-                    entries.append((kind, memory_id, int(pid)))
-        return entries
-
-    def of(self, kind: str) -> Counter[str]:
-        return Counter(memory_id for k, memory_id, _ in self.lines() if k == kind)
 
 
 @dataclass
@@ -185,7 +159,7 @@ def project(tmp_path: Path, spawn: Spawn, broker_url: tuple[str, str | None]) ->
     if state_url is not None:
         env["MEM0_RECEIVER_STATE_URL"] = state_url
     ledger = Ledger(tmp_path / "ledger")
-    env["GRACEFUL_LEDGER"] = str(ledger.directory)
+    env["LEDGER_DIR"] = str(ledger.directory)
     project = Project(directory, env, spawn, ledger, secret)
     yield project
     project.stop_all()
@@ -269,9 +243,9 @@ def test_sigterm_to_serve_under_load_answers_every_request_it_took_and_exits(
     accepted = sorted(m for m, status in posts.answered.items() if status == 202)
     accepted.append("in-flight")
     project.worker(threads=4, handler_seconds=0)
-    wait_for(lambda: not set(accepted) - set(project.ledger.of("done")), 30)
+    wait_for(lambda: not set(accepted) - set(project.ledger.counts("done")), 30)
     time.sleep(1)  # an unanswered event that was enqueued anyway would show up by now
-    done = project.ledger.of("done")
+    done = project.ledger.counts("done")
     failures = Counter(posts.failed.values())
     log = log_text(server)
     print(
@@ -336,7 +310,7 @@ def test_sigterm_to_worker_finishes_or_returns_the_messages_it_holds(
         assert response.status_code == 202, response.text
     first = project.worker(threads=THREADS, handler_seconds=HANDLER_SECONDS)
     (first_child,) = children(first.pid)
-    wait_for(lambda: sum(project.ledger.of("start").values()) >= THREADS, 30, first)
+    wait_for(lambda: sum(project.ledger.counts("start").values()) >= THREADS, 30, first)
 
     # As `kill PID` does: the main process only; dramatiq forwards it to its worker process.
     first.send_signal(signal.SIGTERM)
@@ -351,9 +325,9 @@ def test_sigterm_to_worker_finishes_or_returns_the_messages_it_holds(
     by_first = Counter(m for kind, m, pid in project.ledger.lines() if pid == first_child)
 
     second = project.worker(threads=THREADS, handler_seconds=0)
-    wait_for(lambda: len(project.ledger.of("done")) == EVENTS, 30, second)
+    wait_for(lambda: len(project.ledger.counts("done")) == EVENTS, 30, second)
     time.sleep(0.5)  # room for a wrong second run to show up
-    starts, done = project.ledger.of("start"), project.ledger.of("done")
+    starts, done = project.ledger.counts("start"), project.ledger.counts("done")
     by_second = {
         m for kind, m, pid in project.ledger.lines() if kind == "done" and pid != first_child
     }
@@ -412,7 +386,7 @@ def test_serve_and_worker_announce_broker_queues_verification_and_durability_at_
     env = cli_env(
         MEM0_RECEIVER_SECRETS=new_secret(),
         MEM0_RECEIVER_VERIFY="token,hmac",
-        GRACEFUL_LEDGER=str(tmp_path),
+        LEDGER_DIR=str(tmp_path),
     )
     if broker == "redis":
         env["MEM0_RECEIVER_BROKER_URL"] = redis.url
@@ -462,7 +436,7 @@ def test_sigterm_to_the_whole_worker_process_group_stops_it(project: Project) ->
         assert response.status_code == 202, response.text
     worker = project.worker(threads=2, handler_seconds=HANDLER_SECONDS)
     (child,) = children(worker.pid)
-    wait_for(lambda: sum(project.ledger.of("start").values()) >= 2, 30, worker)
+    wait_for(lambda: sum(project.ledger.counts("start").values()) >= 2, 30, worker)
     try:
         os.kill(child, signal.SIGTERM)
         wait_for(lambda: "Stopping worker process" in log_text(worker), 5, worker)
@@ -477,6 +451,6 @@ def test_sigterm_to_the_whole_worker_process_group_stops_it(project: Project) ->
     # heartbeat is older than the timeout): nothing is lost.
     second = project.worker(threads=2, handler_seconds=0)
     try:
-        wait_for(lambda: len(project.ledger.of("done")) == 6, 40, second)
+        wait_for(lambda: len(project.ledger.counts("done")) == 6, 40, second)
     finally:
         kill_group(second)

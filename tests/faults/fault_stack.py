@@ -23,12 +23,14 @@ from pathlib import Path
 from conftest import RedisServer, cli_env, free_port, wait_for_port
 from fault_ledger import Ledger, wait_until
 from fault_procs import children, kill_group, log_text
+from ledger import RECORD_SOURCE
 
 from mem0_receiver import Receiver
 from mem0_receiver.verify import new_secret
 
 #: The module every fault test writes to its tmp_path, before its own handlers.
-APP_PREAMBLE = '''\
+APP_PREAMBLE = (
+    '''\
 """A fault-suite app: its handlers record each side effect in a ledger outside Redis."""
 
 import os
@@ -36,22 +38,13 @@ import time
 
 from mem0_receiver import Receiver
 
-LEDGER = os.environ["FAULTS_LEDGER"]
 FLAG = os.environ.get("FAULTS_FLAG", "")
-
-
-def record(kind, event):
-    # One unbuffered O_APPEND write to this process's own file: it is in the
-    # kernel once os.write returns, whatever happens to the process or to Redis.
-    path = os.path.join(LEDGER, f"{os.getpid()}.log")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{kind} {event.memory_id} {os.getpid()}\\n".encode())
-    finally:
-        os.close(fd)
-
-
 '''
+    + RECORD_SOURCE
+    + """
+
+"""
+)
 
 
 class Stack:
@@ -83,7 +76,7 @@ class Stack:
         self.env = cli_env(
             MEM0_RECEIVER_SECRETS=self.secret,
             MEM0_RECEIVER_BROKER_URL=redis.url,
-            FAULTS_LEDGER=str(self.ledger.directory),
+            LEDGER_DIR=str(self.ledger.directory),
             FAULTS_FLAG=str(self.flag),
         )
         self.server: subprocess.Popen[str] | None = None
