@@ -733,15 +733,19 @@ def post_signed(fuzz: Fuzzer, body: bytes, scheme: str | None) -> tuple[Sent, li
     return fuzz.post(body, params=params, headers={**JSON_HEADERS, **headers}), secrets
 
 
+def gets_the_parsers_verdict(fuzz: Fuzzer, body: bytes, scheme: str | None) -> None:
+    sent, secrets = post_signed(fuzz, body, scheme)
+    check(sent, verified=scheme is not None, secrets=secrets)
+    if scheme is not None:
+        assert sent.status in verdicts(sent.request)
+
+
 @settings(FUZZ, max_examples=1500)
 @given(body=st.binary(max_size=1024), scheme=CREDENTIALS)
 def test_random_bytes_get_the_parsers_verdict(
     fuzz: Fuzzer, body: bytes, scheme: str | None
 ) -> None:
-    sent, secrets = post_signed(fuzz, body, scheme)
-    check(sent, verified=scheme is not None, secrets=secrets)
-    if scheme is not None:
-        assert sent.status in verdicts(sent.request)
+    gets_the_parsers_verdict(fuzz, body, scheme)
 
 
 @settings(FUZZ, max_examples=400)
@@ -749,10 +753,7 @@ def test_random_bytes_get_the_parsers_verdict(
 def test_random_json_gets_the_parsers_verdict(
     fuzz: Fuzzer, body: bytes, scheme: str | None
 ) -> None:
-    sent, secrets = post_signed(fuzz, body, scheme)
-    check(sent, verified=scheme is not None, secrets=secrets)
-    if scheme is not None:
-        assert sent.status in verdicts(sent.request)
+    gets_the_parsers_verdict(fuzz, body, scheme)
 
 
 @settings(FUZZ, max_examples=200)
