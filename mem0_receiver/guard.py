@@ -87,35 +87,30 @@ class DurableRetries(Retries):
 
 
 class _Gate:
-    """Shared entry for ordinary runs, exclusive entry for suspects of a crash."""
+    """Shared entry for ordinary runs, exclusive entry for suspects of a crash.
+
+    A suspect waiting for exclusive entry goes first: ordinary runs wait for
+    it, so that a steady stream of them cannot keep it waiting for ever.
+    """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._shared = 0
         self._exclusive = False
+        self._waiting = 0
         self._mode = threading.local()
-
-    def _free(self, exclusive: bool) -> bool:
-        return not self._exclusive and (not exclusive or self._shared == 0)
-
-    def _take(self, exclusive: bool) -> None:
-        if exclusive:
-            self._exclusive = True
-        else:
-            self._shared += 1
-        self._mode.exclusive = exclusive
-
-    def try_enter(self, *, exclusive: bool) -> bool:
-        with self._condition:
-            if not self._free(exclusive):
-                return False
-            self._take(exclusive)
-            return True
 
     def enter(self, *, exclusive: bool) -> None:
         with self._condition:
-            self._condition.wait_for(lambda: self._free(exclusive))
-            self._take(exclusive)
+            if exclusive:
+                self._waiting += 1
+                self._condition.wait_for(lambda: not self._exclusive and self._shared == 0)
+                self._waiting -= 1
+                self._exclusive = True
+            else:
+                self._condition.wait_for(lambda: not self._exclusive and not self._waiting)
+                self._shared += 1
+            self._mode.exclusive = exclusive
 
     def leave(self) -> None:
         with self._condition:
@@ -173,6 +168,9 @@ class DeliveryGuard(Middleware):
         seq = options.get("mem0_seq") if isinstance(options.get("mem0_seq"), int) else None
         attempt_key = self._attempt_key(message)
         done_key = self._done_key(message)
+        # In before the run is counted: while a suspect of a crash runs alone,
+        # no other run is counted, so that a crash counts against it only.
+        self._enter(exclusive=False)
         # Until Redis answers: an exception here would make dramatiq log it and
         # run the handler anyway, without any of the checks below.
         state = stubbornly(
@@ -203,21 +201,22 @@ class DeliveryGuard(Middleware):
         if state.attempts > self.crash_limit:
             self._give_up(message, reason="worker crashed", attempts=state.attempts - 1)
             raise SkipMessage
-        # A message that was running when its process died may be the culprit
-        # or a bystander: it runs alone in this process from now on, so a
-        # crash counts against it only, and bystanders are never failed.
-        exclusive = state.attempts > 1
-        if not self._gate.try_enter(exclusive=exclusive):
-            # Waiting for a suspect to finish: should it crash the process, this
-            # run never started, so it must not count.
+        if state.attempts > 1:
+            # It was running when its process died: the culprit or a bystander.
+            # It runs alone in this process from now on, so that a crash counts
+            # against it only, and it is not counted while it waits its turn.
             stubbornly("uncount a waiting run", lambda: self.tracker.uncount(attempt_key))
-            self._gate.enter(exclusive=exclusive)
+            self._leave()
+            self._enter(exclusive=True)
             stubbornly("count a run", lambda: self.tracker.count(attempt_key))
-        self._held.mode = True
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._leave()
         self._running.discard(message.options.get("redis_message_id", ""))
+
+    def _enter(self, *, exclusive: bool) -> None:
+        self._gate.enter(exclusive=exclusive)
+        self._held.mode = True
 
     def _leave(self) -> None:
         if getattr(self._held, "mode", False):

@@ -6,18 +6,23 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dramatiq
 import pytest
 from conftest import start_worker, stop_worker, wait_until
+from dramatiq.brokers.stub import StubBroker
 from starlette.testclient import TestClient
 
 from mem0_receiver import MemoryEvent, Receiver
 from mem0_receiver.brokers import failure_store
 from mem0_receiver.events import Delivery, parse_event, utcnow
+from mem0_receiver.failures import MemoryFailureStore
+from mem0_receiver.guard import DeliveryGuard
 from mem0_receiver.testing import make_body
+from mem0_receiver.tracking import MemoryTracker
 from mem0_receiver.verify import new_secret
-from mem0_receiver.worker import encode_message
+from mem0_receiver.worker import EVENT, encode_message
 
 FAST = {"min_backoff": 10, "max_backoff": 40}
 
@@ -129,3 +134,77 @@ def test_a_redelivered_event_whose_handler_succeeded_does_not_run_it_again(
     wait_until(lambda: len(runs) == 2)
     time.sleep(0.3)
     assert runs == [first, "control"]
+
+
+# The gate that keeps a crash from being blamed on bystanders
+
+
+class CountingTracker(MemoryTracker):
+    def counted(self) -> dict[str, int]:
+        """Runs counted and not ended: what a crash now would count against."""
+        return {key.rsplit(":", 1)[-1]: n for key, n in self._attempts.items() if n}
+
+
+def guarded_message(name: str) -> dramatiq.Message[Any]:
+    delivery = {"delivery_id": name, "received_at": "2026-12-03T00:00:00Z", "idempotency_key": name}
+    options = {"redis_message_id": name, EVENT: {"delivery": delivery}}
+    return dramatiq.Message(
+        queue_name="mem0",
+        actor_name="mem0_receiver.app.mirror",
+        args=(),
+        kwargs={},
+        options=options,
+    )
+
+
+class Run(threading.Thread):
+    """One worker thread's run of ``message`` through the guard, held until released."""
+
+    def __init__(self, guard: DeliveryGuard, message: dramatiq.Message[Any]) -> None:
+        super().__init__(daemon=True)
+        self.guard, self.message = guard, message
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        broker = StubBroker()
+        self.guard.before_process_message(broker, self.message)
+        self.started.set()
+        self.release.wait(10)
+        self.guard.after_process_message(broker, self.message)
+
+
+def test_while_a_suspect_of_a_crash_runs_no_other_run_is_counted() -> None:
+    tracker = CountingTracker()
+    guard = DeliveryGuard(tracker=tracker, failures=MemoryFailureStore())
+    # The suspect was running when its process died: counted once, never ended.
+    tracker.begin("mem0_receiver:attempts:suspect", "done", None)
+    first, suspect, second = (
+        Run(guard, guarded_message(name)) for name in ("first", "suspect", "second")
+    )
+
+    first.start()
+    assert first.started.wait(5)
+    suspect.start()
+    # The suspect waits for the first run to end, and is not counted meanwhile.
+    wait_until(lambda: guard._gate._waiting == 1)
+    assert tracker.counted() == {"first": 1, "suspect": 1}
+    second.start()
+    time.sleep(0.2)
+    # A run that comes while the suspect waits waits too, without being counted.
+    assert not suspect.started.is_set() and not second.started.is_set()
+    assert tracker.counted() == {"first": 1, "suspect": 1}
+
+    first.release.set()
+    assert suspect.started.wait(5)
+    time.sleep(0.2)
+    # The suspect runs alone: a crash now would count against it only.
+    assert not second.started.is_set()
+    assert tracker.counted() == {"suspect": 2}
+
+    suspect.release.set()
+    assert second.started.wait(5)
+    assert tracker.counted() == {"second": 1}
+    second.release.set()
+    for run in (first, suspect, second):
+        run.join(5)
+    assert tracker.counted() == {}
