@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -29,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from .drift import SchemaDrift
 from .errors import EnqueueError, PayloadError, VerificationError
-from .events import EVENT_TYPES, Delivery, parse_event, utcnow
+from .events import EVENT_TYPES, event_json, read_event, utcnow
 from .verify import TOKEN_PARAM
 from .worker import encode_message
 
@@ -57,18 +58,17 @@ class Reply:
     __slots__ = ("body", "headers", "outcome", "status_code")
 
     def __init__(
-        self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        outcome: str,
+        content: bytes,
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self.status_code = status
         #: What happened, for metrics: the body's "error" or "status".
-        self.outcome: str = body.get("error") or body["status"]
-        self.body = json.dumps(body, separators=(",", ":")).encode()
-        self.headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self.body)).encode()),
-        ]
-        for name, value in (headers or {}).items():
-            self.headers.append((name.lower().encode(), value.encode()))
+        self.outcome = outcome
+        self.body = content
+        self.headers = [_JSON_TYPE, (b"content-length", b"%d" % len(content)), *headers]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -77,8 +77,19 @@ class Reply:
         await send({"type": "http.response.body", "body": self.body})
 
 
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
 def _error(status: int, error: str, detail: str, headers: Mapping[str, str] | None = None) -> Reply:
-    return Reply(status, {"error": error, "detail": detail}, headers)
+    content = json.dumps({"error": error, "detail": detail}, separators=(",", ":")).encode()
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    return Reply(status, error, content, extra)
+
+
+def _accepted(status: str, delivery_id: str) -> Reply:
+    """202 with ``{"status": ..., "delivery_id": ...}``, written out: it is every answer."""
+    content = b'{"status":"%b","delivery_id":%b}' % (status.encode(), _quote(delivery_id).encode())
+    return Reply(202, status, content)
 
 
 def _query_param(query: bytes, name: bytes) -> str | None:
@@ -143,14 +154,15 @@ class WebhookEndpoint:
             self.metrics.answered(response.outcome, response.status_code)
             if response.status_code == 202:
                 self.metrics.acknowledged(time.perf_counter() - started)
-        logger.info(
-            "status=%d delivery=%s event=%s memory_id=%s latency_ms=%.1f",
-            response.status_code,
-            context.get("delivery_id", "-"),
-            context.get("event_type", "-"),
-            context.get("memory_id", "-"),
-            (time.perf_counter() - started) * 1000,
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "status=%d delivery=%s event=%s memory_id=%s latency_ms=%.1f",
+                response.status_code,
+                context.get("delivery_id", "-"),
+                context.get("event_type", "-"),
+                context.get("memory_id", "-"),
+                (time.perf_counter() - started) * 1000,
+            )
 
     async def handle(self, scope: Scope, receive: Receive, context: dict[str, Any]) -> Reply | None:
         if scope["method"] != "POST":
@@ -186,34 +198,38 @@ class WebhookEndpoint:
             key = "id:" + hashlib.sha256(sender_id.encode()).hexdigest()
         else:
             key = "body:" + hashlib.sha256(body).hexdigest()
-        # Built from trusted values, so without validation (it is on the hot path).
-        delivery = Delivery.model_construct(
-            delivery_id=sender_id or os.urandom(16).hex(),
-            received_at=utcnow(),
-            idempotency_key=key,
-        )
-        context["delivery_id"] = delivery.delivery_id
+        delivery_id = sender_id or os.urandom(16).hex()
+        context["delivery_id"] = delivery_id
         try:
-            event = parse_event(body, delivery=delivery)
+            payload, fields = read_event(body)
         except PayloadError as exc:
             if exc.status == "malformed":
                 return _error(400, "malformed_body", str(exc))
             return _error(422, "not_a_mem0_event", str(exc))
-        context["event_type"] = event.event_type
-        context["memory_id"] = event.memory_id or "-"
+        event_type: str = fields["event_type"]
+        memory_id: str | None = fields["memory_id"]
+        context["event_type"] = event_type
+        context["memory_id"] = memory_id or "-"
 
-        handlers = self.receiver.registry.handlers_for(event.event_type)
-        self.drift.note(event.event_type, event.payload)
+        handlers = self.receiver.registry.handlers_for(event_type)
+        self.drift.note(event_type, payload)
         if not handlers:
-            return Reply(202, {"status": "ignored", "delivery_id": delivery.delivery_id})
-        # parse_event refused what JSON cannot carry back out (lone surrogates).
-        event_json = event.model_dump_json()
-        messages = [encode_message(handler, event_json, event.memory_id) for handler in handlers]
+            return _accepted("ignored", delivery_id)
+        # The typed event is built on the worker, from this JSON: building it
+        # here too would cost more than the rest of the request (events.event_json).
+        event = event_json(
+            event_type,
+            memory_id,
+            body,
+            delivery_id=delivery_id,
+            received_at=utcnow(),
+            idempotency_key=key,
+        )
+        messages = [encode_message(handler, event, memory_id) for handler in handlers]
         try:
-            enqueuer = await self.receiver.enqueuer()
-            seen = await enqueuer.enqueue(key, delivery.delivery_id, messages)
+            seen = await self.receiver.enqueuer().enqueue(key, delivery_id, messages)
         except EnqueueError as exc:
-            logger.warning("Enqueue failed delivery=%s: %s", delivery.delivery_id, exc)
+            logger.warning("Enqueue failed delivery=%s: %s", delivery_id, exc)
             return _error(
                 503,
                 "broker_unavailable",
@@ -223,8 +239,8 @@ class WebhookEndpoint:
             )
         if seen is not None:
             context["delivery_id"] = seen
-            return Reply(202, {"status": "duplicate", "delivery_id": seen})
-        return Reply(202, {"status": "queued", "delivery_id": delivery.delivery_id})
+            return _accepted("duplicate", seen)
+        return _accepted("queued", delivery_id)
 
     def _verify(self, scope: Scope, body: bytes, headers: dict[str, str]) -> str | Reply:
         """The name of the first scheme the request passes, or the 401 to send."""
@@ -256,7 +272,7 @@ def build_app(receiver: Receiver, endpoint: WebhookEndpoint) -> Starlette:
         return json_response(200, {"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        enqueuer = await receiver.enqueuer()
+        enqueuer = receiver.enqueuer()
         try:
             ok = await asyncio.wait_for(enqueuer.ping(), timeout=receiver.settings.enqueue_timeout)
         except asyncio.TimeoutError:

@@ -21,6 +21,7 @@ import json
 import math
 import re
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -43,7 +44,9 @@ __all__ = [
     "MemoryUpdated",
     "UnknownEvent",
     "event_from_json",
+    "event_json",
     "parse_event",
+    "read_event",
     "unknown_fields",
 ]
 
@@ -325,8 +328,11 @@ def _too_deep(obj: object) -> bool:
     return False
 
 
-def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
-    """Parse a webhook body into its event class.
+def read_event(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The decoded body and the event's model fields found in it, checked.
+
+    This is :func:`parse_event` without building the model: the receiver's
+    acknowledgement path uses it with :func:`event_json`.
 
     Raises:
         PayloadError: with ``status="malformed"`` when the body is not a JSON
@@ -348,16 +354,63 @@ def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
     # Counting brackets is cheap and bounds the depth from above.
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(obj):
         raise PayloadError(f"The body nests deeper than {MAX_DEPTH} levels.")
-    fields = _fields(obj)
+    return obj, _fields(obj)
+
+
+def parse_event(body: bytes, *, delivery: Delivery) -> MemoryEvent:
+    """Parse a webhook body into its event class.
+
+    Raises:
+        PayloadError: with ``status="malformed"`` when the body is not a JSON
+            object, and ``status="invalid"`` when it is not a Mem0 event.
+    """
+    obj, fields = read_event(body)
     cls = EVENT_CLASSES.get(fields["event_type"], UnknownEvent)
     return cls.model_validate({**fields, "payload": obj, "delivery": delivery})
 
 
+def event_json(
+    event_type: str,
+    memory_id: str | None,
+    body: bytes,
+    *,
+    delivery_id: str,
+    received_at: datetime,
+    idempotency_key: str,
+) -> str:
+    """The event as it crosses the queue: the body as it came, and how it was delivered.
+
+    ``event_type`` and ``memory_id`` (from :func:`read_event`) ride along for
+    readers that do not parse, such as the failure store; :func:`event_from_json`
+    parses the payload again with the same rules. Written out by hand because it
+    runs on the acknowledgement path, where building the model and dumping it
+    cost more than the rest of the request; the body goes in as it came, since
+    read_event accepted it as JSON.
+    """
+    delivery = (
+        f'{{"delivery_id":{_quote(delivery_id)},'
+        f'"received_at":"{received_at.isoformat().replace("+00:00", "Z")}",'
+        f'"idempotency_key":{_quote(idempotency_key)}}}'
+    )
+    memory = _quote(memory_id) if memory_id is not None else "null"
+    return (
+        f'{{"event_type":{_quote(event_type)},"memory_id":{memory},'
+        f'"payload":{body.decode()},"delivery":{delivery}}}'
+    )
+
+
 def event_from_json(data: dict[str, Any]) -> MemoryEvent:
-    """Rebuild an event from ``event.model_dump(mode="json")``, as it crosses the queue."""
-    cls = EVENT_CLASSES.get(data.get("event_type", ""), UnknownEvent)
+    """Rebuild an event from :func:`event_json` (or ``event.model_dump(mode="json")``).
+
+    The fields come from the payload, parsed as :func:`parse_event` parses a body.
+    """
+    payload = data.get("payload")
+    if not isinstance(payload, dict):
+        raise PayloadError("A queued event carries no payload object.")
+    fields = _fields(payload)
+    cls = EVENT_CLASSES.get(fields["event_type"], UnknownEvent)
     try:
-        return cls.model_validate(data)
+        return cls.model_validate({**fields, "payload": payload, "delivery": data.get("delivery")})
     except ValidationError as exc:
         # Only reachable when a message was written by another version of this library.
         raise PayloadError(

@@ -15,6 +15,8 @@ import html
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
+from .errors import PayloadError
+from .events import event_from_json
 from .failures import Failure
 from .snapshot import Snapshot
 
@@ -132,9 +134,12 @@ def _button_form(
 
 def memory_text(failure: Failure) -> str | None:
     """The memory text the failed event carried, if any."""
-    event = failure.message.get("options", {}).get("mem0_event") or {}
-    text = event.get("memory") if isinstance(event, dict) else None
-    return text if isinstance(text, str) else None
+    data = failure.message.get("options", {}).get("mem0_event")
+    try:
+        event = event_from_json(data) if isinstance(data, dict) else None
+    except PayloadError:
+        return None
+    return getattr(event, "memory", None)
 
 
 def _plural(count: int, noun: str, nouns: str | None = None) -> str:

@@ -250,7 +250,7 @@ class Receiver:
         if self.settings.metrics and importlib.util.find_spec("prometheus_client") is None:
             raise ConfigurationError(_NO_PROMETHEUS)
 
-    async def enqueuer(self) -> Enqueuer:
+    def enqueuer(self) -> Enqueuer:
         """The enqueuer for the running event loop (asyncio clients belong to one loop)."""
         loop = asyncio.get_running_loop()
         if self._enqueuer is None or self._enqueuer_loop is not loop:
@@ -333,7 +333,7 @@ class Receiver:
         if self.settings.insecure:
             logger.warning("Verification is OFF (insecure=True): anyone can post events.")
         logger.info("%s", self.describe())
-        await self.enqueuer()
+        self.enqueuer()
         # Everything loaded so far lives as long as the process: keep it out of
         # the garbage collector's full passes, which otherwise stall requests.
         # Measured with examples/fastapi_app loaded (70k objects): a full pass

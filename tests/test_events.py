@@ -25,7 +25,9 @@ from mem0_receiver.events import (
     MemoryUpdated,
     UnknownEvent,
     event_from_json,
+    event_json,
     parse_event,
+    read_event,
     unknown_fields,
 )
 from mem0_receiver.testing import DOCUMENTED_BODIES, make_payload
@@ -45,9 +47,18 @@ def parse(body: bytes) -> MemoryEvent:
     return parse_event(body, delivery=DELIVERY)
 
 
-def cross_the_queue(event: MemoryEvent) -> MemoryEvent:
-    """What a worker rebuilds from the message the receiver enqueued."""
-    return event_from_json(json.loads(json.dumps(event.model_dump(mode="json"))))
+def cross_the_queue(body: bytes, delivery: Delivery = DELIVERY) -> MemoryEvent:
+    """What a worker rebuilds from the message the receiver enqueues for ``body``."""
+    _, fields = read_event(body)
+    message = event_json(
+        fields["event_type"],
+        fields["memory_id"],
+        body,
+        delivery_id=delivery.delivery_id,
+        received_at=delivery.received_at,
+        idempotency_key=delivery.idempotency_key,
+    )
+    return event_from_json(json.loads(message))
 
 
 # Mem0's documented bodies, byte for byte
@@ -264,10 +275,34 @@ _ROUND_TRIP_PAYLOADS: dict[str, Any] = {
 def test_an_event_crosses_the_queue_as_json_unchanged(payload: dict[str, Any]) -> None:
     event = parse(body_of(payload))
 
-    rebuilt = cross_the_queue(event)
+    rebuilt = cross_the_queue(body_of(payload))
 
     assert rebuilt == event
     assert type(rebuilt) is type(event)
+
+
+@pytest.mark.parametrize(
+    "payload", list(_ROUND_TRIP_PAYLOADS.values()), ids=list(_ROUND_TRIP_PAYLOADS)
+)
+def test_an_event_dumped_by_pydantic_crosses_the_queue_too(payload: dict[str, Any]) -> None:
+    # The shape messages had before event_json, and what a hand-built test message holds.
+    event = parse(body_of(payload))
+
+    rebuilt = event_from_json(json.loads(event.model_dump_json()))
+
+    assert rebuilt == event
+
+
+def test_an_event_crosses_the_queue_with_the_body_as_sent() -> None:
+    body = b'{ "event" : "memory_add",\n "memory_id": "m_1", "memory": "caf\xc3\xa9 \\u00e9",'
+    body += b' "n": 12345678901234567890123, "x": [1.5e-7, -0.0, {"": null}] }'
+    event = parse(body)
+
+    rebuilt = cross_the_queue(body)
+
+    assert rebuilt == event
+    assert rebuilt.payload == json.loads(body)
+    assert isinstance(rebuilt, MemoryAdded) and rebuilt.memory == "café é"
 
 
 def _nested_inside_an_event(depth: int) -> bytes:
@@ -286,14 +321,14 @@ def _nested_inside_an_event(depth: int) -> bytes:
     ids=["nested 200 deep", "nested 300 deep", "nested 900 deep", "number beyond float range"],
 )
 def test_a_body_is_either_refused_at_parse_or_crosses_the_queue_unchanged(body: bytes) -> None:
-    # The receiver enqueues event.model_dump(mode="json") after parse_event
-    # returns: an event that cannot cross the queue must be refused here.
+    # The receiver enqueues events.event_json after read_event returns: an
+    # event that cannot cross the queue must be refused here.
     try:
         event = parse(body)
     except PayloadError:
         return
 
-    rebuilt = cross_the_queue(event)
+    rebuilt = cross_the_queue(body)
 
     assert rebuilt.payload == event.payload
     assert rebuilt == event
@@ -403,7 +438,7 @@ def test_memory_text_never_appears_in_a_payload_error(body: bytes) -> None:
 def test_the_delivery_is_carried_on_the_event_and_across_the_queue() -> None:
     event = parse(DOCUMENTED_BODIES["memory_add"])
 
-    for carried in (event.delivery, cross_the_queue(event).delivery):
+    for carried in (event.delivery, cross_the_queue(DOCUMENTED_BODIES["memory_add"]).delivery):
         assert carried.delivery_id == "dlv_1"
         assert carried.idempotency_key == "body:abc"
         assert carried.received_at == RECEIVED_AT

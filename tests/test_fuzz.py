@@ -237,10 +237,12 @@ def check(sent: Sent, *, verified: bool, secrets: Sequence[str] = ()) -> dict[st
         assert isinstance(answer["delivery_id"], str)
         if answer["status"] != "queued":
             assert sent.enqueued == 0
-        # The handlers get the body as it was sent, whatever it held.
+        # The handlers get the body as it was sent, whatever it held, as the
+        # event the parser makes of it (the queue carries it as events.event_json).
         for event in sent.events:
             assert event.payload == json.loads(sent.request)
             assert event.delivery.delivery_id == answer["delivery_id"]
+            assert event == parse_event(sent.request, delivery=event.delivery)
     else:
         assert set(answer) == {"error", "detail"}
         assert isinstance(answer["error"], str) and answer["error"]
