@@ -19,8 +19,7 @@ import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -38,27 +37,24 @@ __all__ = ["BrokerEnqueuer", "Enqueuer", "RedisEnqueuer"]
 # list, where dramatiq's Redis consumer fetches it. A test runs real dramatiq
 # workers on what this writes, so a change of layout in dramatiq fails loudly.
 #
-# It also numbers each handler's messages per memory: the placeholder string
-# the message carries is replaced by the next number from the memory's order
-# hash (a plain find, since placeholders are random hex).
+# It also numbers each handler's messages per memory: the message arrives in
+# two parts, split where its sequence number goes, and the script joins them
+# around the next number from the memory's order hash.
 #
 # KEYS[1]: the dedupe key. ARGV: delivery id, window (ms), order TTL (s), then
-# groups of five: full queue name, redis message id, encoded message, order
-# key and placeholder (both empty for messages without a memory).
+# groups of five: full queue name, redis message id, the encoded message (or
+# its part before the number), order key and the part after the number (both
+# empty for messages without a memory).
 _ENQUEUE_SCRIPT = """
-local seen = redis.call("get", KEYS[1])
-if seen then
-    return seen
+if not redis.call("set", KEYS[1], ARGV[1], "PX", ARGV[2], "NX") then
+    return redis.call("get", KEYS[1])
 end
-redis.call("set", KEYS[1], ARGV[1], "PX", ARGV[2])
 for i = 4, #ARGV, 5 do
     local data = ARGV[i + 2]
     if ARGV[i + 3] ~= "" then
         local seq = redis.call("hincrby", ARGV[i + 3], "seq", 1)
         redis.call("expire", ARGV[i + 3], ARGV[3])
-        local placeholder = '"' .. ARGV[i + 4] .. '"'
-        local at = string.find(data, placeholder, 1, true)
-        data = string.sub(data, 1, at - 1) .. seq .. string.sub(data, at + #placeholder)
+        data = data .. seq .. ARGV[i + 4]
     end
     redis.call("hset", ARGV[i] .. ".msgs", ARGV[i + 1], data)
     redis.call("rpush", ARGV[i], ARGV[i + 1])
@@ -66,6 +62,7 @@ end
 return false
 """
 _SCRIPT_SHA = hashlib.sha1(_ENQUEUE_SCRIPT.encode()).hexdigest()
+_EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n" + _SCRIPT_SHA.encode() + b"\r\n$1\r\n1\r\n"
 
 
 class Enqueuer(Protocol):
@@ -106,33 +103,48 @@ class RedisEnqueuer:
         self._idle = [Connection(url, connect_timeout=timeout) for _ in range(lanes)]
         self._namespace = namespace
         self._timeout = timeout
-        self._window_ms = str(dedupe_window * 1000).encode()
-        self._order_ttl = str(ORDER_TTL).encode()
+        self._limits = _bulk(b"%d" % (dedupe_window * 1000)) + _bulk(b"%d" % ORDER_TTL)
+        self._queues: dict[str, bytes] = {}
         self._pending: list[_Request] = []
         self._scheduled = False
         self._writes: set[asyncio.Task[None]] = set()
 
     async def enqueue(self, key: str, delivery_id: str, messages: Sequence[Outgoing]) -> str | None:
-        args: list[bytes | str] = [
-            b"EVALSHA",
-            _SCRIPT_SHA,
-            b"1",
-            f"{self._namespace}:dedupe:{key}",
-            delivery_id,
-            self._window_ms,
-            self._order_ttl,
+        # The EVALSHA command in the Redis protocol, written out here rather
+        # than with resp.pack: it is built once per request.
+        parts = [
+            b"*%d\r\n" % (7 + 5 * len(messages)),
+            _EVALSHA,
+            _bulk(f"{self._namespace}:dedupe:{key}".encode()),
+            _bulk(delivery_id.encode()),
+            self._limits,
         ]
         for message in messages:
-            queue = f"{self._namespace}:{message.queue_name}"
-            order_key, placeholder = message.order_key or "", message.placeholder or ""
-            args += (queue, message.message_id, message.body, order_key, placeholder)
+            if message.order_key and message.placeholder:
+                before, _, after = message.body.partition(b'"%b"' % message.placeholder.encode())
+                order_key = message.order_key.encode()
+            else:
+                before, order_key, after = message.body, b"", b""
+            parts += (
+                self._queue(message.queue_name),
+                _bulk(message.message_id.encode()),
+                _bulk(before),
+                _bulk(order_key),
+                _bulk(after),
+            )
         loop = asyncio.get_running_loop()
-        request = _Request(pack(*args), loop.create_future(), loop.time() + self._timeout)
+        request = _Request(b"".join(parts), loop.create_future(), loop.time() + self._timeout)
         self._pending.append(request)
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
         return await request.future
+
+    def _queue(self, queue_name: str) -> bytes:
+        packed = self._queues.get(queue_name)
+        if packed is None:
+            packed = self._queues[queue_name] = _bulk(f"{self._namespace}:{queue_name}".encode())
+        return packed
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -206,11 +218,15 @@ class RedisEnqueuer:
             connection.close()
 
 
-@dataclass(frozen=True)
-class _Request:
+class _Request(NamedTuple):
     command: bytes
     future: asyncio.Future[str | None]
     deadline: float
+
+
+def _bulk(data: bytes) -> bytes:
+    """One argument of a command in the Redis protocol."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 def _fail(batch: list[_Request], error: Exception) -> None:
