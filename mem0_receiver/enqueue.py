@@ -65,6 +65,11 @@ _SCRIPT_SHA = hashlib.sha1(_ENQUEUE_SCRIPT.encode()).hexdigest()
 _EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n" + _SCRIPT_SHA.encode() + b"\r\n$1\r\n1\r\n"
 
 
+#: Requests written to Redis together as soon as this many wait, without waiting
+#: for the end of the event loop's iteration (see RedisEnqueuer.enqueue).
+EAGER_BATCH = 16
+
+
 class Enqueuer(Protocol):
     """What the HTTP edge needs from the queue."""
 
@@ -135,7 +140,14 @@ class RedisEnqueuer:
         loop = asyncio.get_running_loop()
         request = _Request(b"".join(parts), loop.create_future(), loop.time() + self._timeout)
         self._pending.append(request)
-        if not self._scheduled:
+        if len(self._pending) >= EAGER_BATCH and self._idle:
+            # Write a full batch at once rather than after this loop iteration:
+            # Redis works on it while the loop parses the requests that arrived
+            # with it. Otherwise the requests of a burst all go in one batch,
+            # and the loop sits idle until Redis has run all of it (measured:
+            # 15-20% of the time at c=64, nearly all requests awaiting Redis).
+            self._write_pending()
+        elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
         return await request.future
@@ -148,22 +160,27 @@ class RedisEnqueuer:
 
     def _flush(self) -> None:
         self._scheduled = False
+        self._write_pending()
+
+    def _write_pending(self) -> None:
         if not self._pending or not self._idle:
-            return  # A lane that finishes flushes what is pending.
+            return  # A lane that finishes writes what is pending.
         connection = self._idle.pop()
         batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._write(connection, batch))
+        # Written now when the connection is open; else the task connects first.
+        sent = connection.send([request.command for request in batch])
+        task = asyncio.ensure_future(self._write(connection, batch, sent))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _write(self, connection: Connection, batch: list[_Request]) -> None:
+    async def _write(self, connection: Connection, batch: list[_Request], sent: bool) -> None:
         try:
             remaining = (
                 min(request.deadline for request in batch) - asyncio.get_running_loop().time()
             )
             if remaining <= 0:
                 raise asyncio.TimeoutError
-            replies = await asyncio.wait_for(self._execute(connection, batch), remaining)
+            replies = await asyncio.wait_for(self._execute(connection, batch, sent), remaining)
         except asyncio.TimeoutError:
             connection.close()
             _fail(batch, EnqueueError("Redis did not answer in time."))
@@ -184,16 +201,22 @@ class RedisEnqueuer:
         finally:
             self._idle.append(connection)
             if self._pending and not self._scheduled:
-                self._flush()
+                self._write_pending()
 
-    async def _execute(self, connection: Connection, batch: list[_Request]) -> list[Any]:
-        replies = await connection.execute([request.command for request in batch])
+    async def _execute(
+        self, connection: Connection, batch: list[_Request], sent: bool
+    ) -> list[Any]:
+        commands = [request.command for request in batch]
+        if sent:
+            replies = await connection.replies(len(commands))
+        else:
+            replies = await connection.execute(commands)
         missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
         if missing:
             # Redis restarted and forgot the script: load it, run those again.
-            commands = [pack("SCRIPT", "LOAD", _ENQUEUE_SCRIPT)]
-            commands += [batch[i].command for i in missing]
-            retried = await connection.execute(commands)
+            retry = [pack("SCRIPT", "LOAD", _ENQUEUE_SCRIPT)]
+            retry += [commands[i] for i in missing]
+            retried = await connection.execute(retry)
             for i, reply in zip(missing, retried[1:], strict=True):
                 replies[i] = reply
         return replies

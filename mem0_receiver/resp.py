@@ -88,13 +88,35 @@ class Connection:
             self.close()  # Cancelled mid-exchange: the stream is out of step.
             raise
 
+    def send(self, commands: Sequence[bytes]) -> bool:
+        """Write packed commands now if connected; False if not (use :meth:`execute`)."""
+        if self._writer is None or self._writer.is_closing():
+            return False
+        self._writer.write(b"".join(commands))
+        return True
+
+    async def replies(self, count: int) -> list[Any]:
+        """The replies of ``count`` commands written with :meth:`send`, as execute() gives."""
+        try:
+            return await self._read(count)
+        except (OSError, EOFError, asyncio.IncompleteReadError, hiredis.ProtocolError) as exc:
+            self.close()
+            raise ConnectionError(f"Redis connection failed: {type(exc).__name__}") from exc
+        except BaseException:
+            self.close()
+            raise
+
     async def _exchange(self, commands: Sequence[bytes]) -> list[Any]:
-        assert self._reader is not None and self._writer is not None
+        assert self._writer is not None
         self._writer.write(b"".join(commands))
         await self._writer.drain()
+        return await self._read(len(commands))
+
+    async def _read(self, count: int) -> list[Any]:
+        assert self._reader is not None
         parser = hiredis.Reader(replyError=ResponseError)
         replies: list[Any] = []
-        while len(replies) < len(commands):
+        while len(replies) < count:
             reply = parser.gets()
             if reply is False:
                 data = await self._reader.read(65536)
