@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -28,21 +27,12 @@ class WorkerResult:
         return self.messages / self.seconds if self.seconds else None
 
 
-def receiver_worker_argv(threads: int) -> list[str] | None:
-    """TODO(mem0-receiver worker): the hook for the mem0-receiver side of measure_workers().
+def receiver_worker_argv(threads: int) -> list[str]:
+    """The command that consumes what ``bench.apps.receiver`` enqueues: ``mem0-receiver worker``.
 
-    Returns the command that consumes what ``bench.apps.receiver`` enqueues; it is started
-    pinned to the server CPU with BENCH_REDIS_URL / BENCH_SECRET in its environment and cwd
-    at the repo root. Returning None reports the row as "not wired". Currently wired to
-    ``mem0-receiver worker`` as the CLI stood when this was written: re-check the flags if
-    the CLI changes.
+    It is started pinned to the server CPU with BENCH_REDIS_URL / BENCH_SECRET in its
+    environment and cwd at the repo root.
     """
-    try:
-        found = importlib.util.find_spec("mem0_receiver.cli") is not None
-    except ImportError:
-        found = False
-    if not found:
-        return None
     return [sys.executable, "-m", "mem0_receiver.cli", "worker", "bench.apps.receiver:receiver",
             "--processes", "1", "--threads", str(threads)]  # fmt: skip
 
@@ -114,8 +104,6 @@ def _measure_plain_dramatiq(bench: Bench, messages: int, threads: int) -> Worker
 
 def _measure_receiver_workers(bench: Bench, messages: int, threads: int) -> WorkerResult:
     argv = receiver_worker_argv(threads)
-    if argv is None:
-        return WorkerResult("mem0-receiver", messages, None, "TODO: worker hook not wired")
     spec = APPS["receiver"]
     if spec.name not in bench.urls:
         bench.urls[spec.name] = resolve_url(bench, spec)
