@@ -106,6 +106,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        #: handlers_for's answers, per event type (every request asks).
+        self._routes: dict[str, tuple[Handler, ...]] = {}
         self._listeners: list[Callable[[Handler], object]] = []
 
     def __iter__(self) -> Iterator[Handler]:
@@ -154,15 +156,22 @@ class Registry:
             )
         handler = Handler(name=name, fn=fn, event_types=frozenset(event_types), **options)
         self._handlers[name] = handler
+        self._routes.clear()
         for listener in self._listeners:
             listener(handler)
         return handler
 
-    def handlers_for(self, event_type: str) -> list[Handler]:
+    def handlers_for(self, event_type: str) -> tuple[Handler, ...]:
         """The handlers an event of ``event_type`` goes to. Unknown types reach only ``"*"``."""
-        known = event_type in EVENT_TYPES
-        return [
-            handler
-            for handler in self._handlers.values()
-            if WILDCARD in handler.event_types or (known and event_type in handler.event_types)
-        ]
+        routed = self._routes.get(event_type)
+        if routed is None:
+            known = event_type in EVENT_TYPES
+            routed = tuple(
+                handler
+                for handler in self._handlers.values()
+                if WILDCARD in handler.event_types or (known and event_type in handler.event_types)
+            )
+            # Unknown types are not kept: the sender picks them.
+            if known or event_type == WILDCARD:
+                self._routes[event_type] = routed
+        return routed

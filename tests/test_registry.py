@@ -87,6 +87,17 @@ def test_wildcard_receives_every_type_and_unknown_types_reach_only_wildcards() -
     assert names("memory_archive") == ["all"]
 
 
+def test_a_handler_registered_after_events_were_routed_gets_the_next_ones() -> None:
+    receiver = Receiver(environ={})
+    receiver.on("memory_add", name="first")(handler)
+    assert [h.name for h in receiver.registry.handlers_for("memory_add")] == ["first"]
+
+    receiver.on("*", name="later")(handler)
+
+    assert [h.name for h in receiver.registry.handlers_for("memory_add")] == ["first", "later"]
+    assert [h.name for h in receiver.registry.handlers_for("memory_archive")] == ["later"]
+
+
 def test_defaults_suit_webhooks_not_dramatiqs_month_of_retries() -> None:
     receiver = Receiver(environ={})
     receiver.on("memory_add")(handler)
