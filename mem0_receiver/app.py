@@ -87,7 +87,7 @@ def _error(status: int, error: str, detail: str, headers: Mapping[str, str] | No
 
 
 def _accepted(status: str, delivery_id: str) -> Reply:
-    """202 with ``{"status": ..., "delivery_id": ...}``, written out: it is every answer."""
+    """202 ``{"status": ..., "delivery_id": ...}``, written out: every accepted request gets it."""
     content = b'{"status":"%b","delivery_id":%b}' % (status.encode(), _quote(delivery_id).encode())
     return Reply(202, status, content)
 

@@ -3,11 +3,12 @@
 The receiver answers 202 only after the broker holds the message, so this is
 the acknowledgement's critical path. Two implementations:
 
-* :class:`RedisEnqueuer` writes straight to dramatiq's Redis layout with
-  ``redis.asyncio``: one Lua script per delivery sets the dedupe key and
-  pushes every handler's message atomically, and the scripts of all requests
-  that arrive in one event-loop tick go to Redis in one pipeline (group
-  commit). Each request still gets its own answer from Redis.
+* :class:`RedisEnqueuer` writes straight to dramatiq's Redis layout over its
+  own connections (resp.py): one Lua script per delivery sets the dedupe key
+  and pushes every handler's message atomically, and the scripts of the
+  requests that arrive together (in one event-loop tick, at most
+  ``EAGER_BATCH`` at a time) go to Redis in one write (group commit). Each
+  request still gets its own answer from Redis.
 * :class:`BrokerEnqueuer` calls ``broker.enqueue`` of any other dramatiq broker
   (the in-memory one, RabbitMQ) and remembers deliveries in this process.
 """
