@@ -22,7 +22,7 @@ import asyncio
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import hiredis
@@ -77,16 +77,7 @@ class Connection:
         Raises ConnectionError (and closes) if the connection fails; the caller
         bounds the wait with its own deadline and calls :meth:`close` on expiry.
         """
-        try:
-            if self._writer is None:
-                await self._connect()
-            return await self._exchange(commands)
-        except (OSError, EOFError, asyncio.IncompleteReadError, hiredis.ProtocolError) as exc:
-            self.close()
-            raise ConnectionError(f"Redis connection failed: {type(exc).__name__}") from exc
-        except BaseException:
-            self.close()  # Cancelled mid-exchange: the stream is out of step.
-            raise
+        return await self._settle(self._exchange(commands))
 
     def send(self, commands: Sequence[bytes]) -> bool:
         """Write packed commands now if connected; False if not (use :meth:`execute`)."""
@@ -97,17 +88,22 @@ class Connection:
 
     async def replies(self, count: int) -> list[Any]:
         """The replies of ``count`` commands written with :meth:`send`, as execute() gives."""
+        return await self._settle(self._read(count))
+
+    async def _settle(self, exchange: Coroutine[Any, Any, list[Any]]) -> list[Any]:
         try:
-            return await self._read(count)
+            return await exchange
         except (OSError, EOFError, asyncio.IncompleteReadError, hiredis.ProtocolError) as exc:
             self.close()
             raise ConnectionError(f"Redis connection failed: {type(exc).__name__}") from exc
         except BaseException:
-            self.close()
+            self.close()  # Cancelled mid-exchange: the stream is out of step.
             raise
 
     async def _exchange(self, commands: Sequence[bytes]) -> list[Any]:
-        assert self._writer is not None
+        if self._writer is None:
+            await self._connect()
+            assert self._writer is not None
         self._writer.write(b"".join(commands))
         await self._writer.drain()
         return await self._read(len(commands))
