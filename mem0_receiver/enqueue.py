@@ -169,19 +169,22 @@ class RedisEnqueuer:
         connection = self._idle.pop()
         batch, self._pending = self._pending, []
         # Written now when the connection is open; else the task connects first.
-        sent = connection.send([request.command for request in batch])
-        task = asyncio.ensure_future(self._write(connection, batch, sent))
+        commands = [request.command for request in batch]
+        sent = connection.send(commands)
+        task = asyncio.ensure_future(self._write(connection, batch, commands, sent))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _write(self, connection: Connection, batch: list[_Request], sent: bool) -> None:
+    async def _write(
+        self, connection: Connection, batch: list[_Request], commands: list[bytes], sent: bool
+    ) -> None:
         try:
             remaining = (
                 min(request.deadline for request in batch) - asyncio.get_running_loop().time()
             )
             if remaining <= 0:
                 raise asyncio.TimeoutError
-            replies = await asyncio.wait_for(self._execute(connection, batch, sent), remaining)
+            replies = await asyncio.wait_for(self._execute(connection, commands, sent), remaining)
         except asyncio.TimeoutError:
             connection.close()
             _fail(batch, EnqueueError("Redis did not answer in time."))
@@ -205,9 +208,8 @@ class RedisEnqueuer:
                 self._write_pending()
 
     async def _execute(
-        self, connection: Connection, batch: list[_Request], sent: bool
+        self, connection: Connection, commands: list[bytes], sent: bool
     ) -> list[Any]:
-        commands = [request.command for request in batch]
         if sent:
             replies = await connection.replies(len(commands))
         else:
