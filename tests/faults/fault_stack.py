@@ -104,6 +104,13 @@ class Stack:
         )
         return url
 
+    def start(self, *, workers: int, threads: int = 4) -> str:
+        """``serve``, then ``workers`` worker commands, all ready; the signed URL."""
+        url = self.serve()
+        self.start_workers(workers, threads=threads)
+        self.wait_workers_ready()
+        return url
+
     def start_workers(self, count: int, *, threads: int = 4) -> None:
         """Start ``count`` worker commands of one process each, and keep them running."""
         self.worker_threads = threads

@@ -27,9 +27,7 @@ def test_twenty_concurrent_copies_of_one_body_have_one_side_effect(
 ) -> None:
     redis = make_redis(appendonly=True)
     with Stack(tmp_path, spawn, redis, handlers=HANDLERS) as stack:
-        url = stack.serve()
-        stack.start_workers(2, threads=4)
-        stack.wait_workers_ready()
+        url = stack.start(workers=2, threads=4)
 
         load = Load(url)
 

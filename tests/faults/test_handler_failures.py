@@ -66,9 +66,7 @@ def test_a_handler_that_always_fails_runs_three_times_then_is_stored_and_replays
 ) -> None:
     redis = make_redis(appendonly=True)
     with Stack(tmp_path, spawn, redis, handlers=FAILING) as stack:
-        url = stack.serve()
-        stack.start_workers(1, threads=2)
-        stack.wait_workers_ready()
+        url = stack.start(workers=1, threads=2)
         broker = operator(stack).broker
         store = failure_store(broker)
 
@@ -119,9 +117,7 @@ def test_a_poison_pill_is_stored_after_three_crashes_and_good_events_are_all_han
     good = [f"good-{i:03d}" for i in range(100)]
     ids = [*good[:50], "poison", *good[50:]]
     with Stack(tmp_path, spawn, redis, handlers=POISONED) as stack:
-        url = stack.serve()
-        stack.start_workers(2, threads=4)
-        stack.wait_workers_ready()
+        url = stack.start(workers=2, threads=4)
         store = failure_store(operator(stack).broker)
 
         started = time.monotonic()

@@ -114,9 +114,7 @@ def test_frozen_then_restarted_redis_gets_503_within_the_deadline_and_loses_no_2
         handlers=HANDLERS,
         receiver_kwargs=f"enqueue_timeout={ENQUEUE_TIMEOUT}",
     ) as stack:
-        url = stack.serve()
-        stack.start_workers(1, threads=4)
-        stack.wait_workers_ready()
+        url = stack.start(workers=1, threads=4)
         assert stack.server is not None
         with Sampler(stack.server.pid, redis.port) as sampler:
             time.sleep(0.3)
@@ -167,9 +165,7 @@ def test_redis_killed_under_load_loses_no_acknowledged_event(
         handlers=HANDLERS,
         receiver_kwargs=f"enqueue_timeout={ENQUEUE_TIMEOUT}",
     ) as stack:
-        url = stack.serve()
-        stack.start_workers(1, threads=4)
-        stack.wait_workers_ready()
+        url = stack.start(workers=1, threads=4)
         load = run_load(url, spread(ids, 0.0, 6.0), timeline=timeline)
         numbers, lost = settle(stack, load, since="restarted")
         report(f"redis_killed_appendfsync_{appendfsync}", appendfsync=appendfsync, **numbers)

@@ -65,9 +65,7 @@ def test_workers_killed_twenty_times_handle_every_event_at_least_once(
             raise AssertionError("No worker process was consuming, to be killed:\n" + stack.logs())
 
         moments = sorted(rng.uniform(0.5, LOAD_SECONDS) for _ in range(KILLS))
-        url = stack.serve()
-        stack.start_workers(2, threads=4)
-        stack.wait_workers_ready()
+        url = stack.start(workers=2, threads=4)
         started = time.monotonic()
         load = run_load(
             url,
