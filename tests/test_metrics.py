@@ -252,6 +252,11 @@ def _post(receiver: Receiver, count: int) -> None:
             assert client.post(url, content=body, headers=JSON).status_code == 202
 
 
+def outcome(samples: Samples, handler: str, name: str) -> float | None:
+    """The count of ``handler``'s runs that ended in ``name``."""
+    return samples("mem0_receiver_handler_outcomes_total", handler=handler, outcome=name)
+
+
 def _poll(url: str, ready: Callable[[Samples], bool], timeout: float = 20) -> Samples:
     deadline = time.monotonic() + timeout
     while True:
@@ -280,9 +285,6 @@ def test_worker_processes_serve_dramatiq_metrics_handler_outcomes_and_failure_st
     )
     wait_for_port(port, timeout=30, process=worker)
     _post(_sender(redis_url), 4)
-
-    def outcome(samples: Samples, handler: str, name: str) -> float | None:
-        return samples("mem0_receiver_handler_outcomes_total", handler=handler, outcome=name)
 
     samples = _poll(
         f"http://127.0.0.1:{port}/metrics",
@@ -364,11 +366,10 @@ def test_in_process_workers_count_outcomes_and_the_failure_store_on_the_receiver
     finally:
         worker.stop()
 
-    def outcome(handler: str, name: str) -> float | None:
-        return samples("mem0_receiver_handler_outcomes_total", handler=handler, outcome=name)
-
-    assert [outcome("remember", name) for name in ("ok", "skipped", "failed")] == [1, 1, 0]
-    assert [outcome("broken", name) for name in ("ok", "retrying", "failed")] == [0, 1, 1]
+    remember_outcomes = [outcome(samples, "remember", name) for name in ("ok", "skipped", "failed")]
+    broken_outcomes = [outcome(samples, "broken", name) for name in ("ok", "retrying", "failed")]
+    assert remember_outcomes == [1, 1, 0]
+    assert broken_outcomes == [0, 1, 1]
     assert samples("mem0_receiver_failure_store_entries") == 1
     assert samples("mem0_receiver_requests_total", outcome="queued", status="202") == 1
 
@@ -382,9 +383,6 @@ def test_dev_serves_the_workers_outcomes_and_failure_store_beside_the_receivers(
     wait_for_port(port, process=dev)
     url = Receiver(secrets=[SECRET], environ={}).webhook_url(f"http://127.0.0.1:{port}/")
     assert httpx.post(url, content=make_body("memory_add"), headers=JSON).status_code == 202
-
-    def outcome(samples: Samples, handler: str, name: str) -> float | None:
-        return samples("mem0_receiver_handler_outcomes_total", handler=handler, outcome=name)
 
     samples = _poll(
         f"http://127.0.0.1:{port}/metrics",
