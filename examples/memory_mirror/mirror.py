@@ -146,6 +146,12 @@ def _state(db: sqlite3.Connection, params: dict[str, object]) -> tuple[bool, str
     return None if row is None else (bool(row[0]), row[1])
 
 
+def _deleted(db: sqlite3.Connection, params: dict[str, object]) -> bool:
+    """Whether the mirror holds a tombstone for the memory."""
+    state = _state(db, params)
+    return state is not None and state[0]
+
+
 def add(db: sqlite3.Connection, event: MemoryAdded) -> bool:
     """Insert the memory or overwrite its text; False if an update or a delete came first."""
     params = _params(event, memory=event.memory, text_from="memory_add")
@@ -159,8 +165,7 @@ def add(db: sqlite3.Connection, event: MemoryAdded) -> bool:
 def update(db: sqlite3.Connection, event: MemoryUpdated) -> bool:
     """Set the memory's text; False if it is deleted."""
     params = _params(event, memory=event.memory, text_from="memory_update")
-    state = _state(db, params)
-    if state is not None and state[0]:
+    if _deleted(db, params):
         return False
     db.execute(_SET_TEXT, params)
     return True
@@ -169,8 +174,7 @@ def update(db: sqlite3.Connection, event: MemoryUpdated) -> bool:
 def delete(db: sqlite3.Connection, event: MemoryDeleted) -> bool:
     """Leave a tombstone, without text or categories; False if there is one already."""
     params = _params(event)
-    state = _state(db, params)
-    if state is not None and state[0]:
+    if _deleted(db, params):
         return False
     db.execute(_TOMBSTONE, params)
     db.execute("DELETE FROM categories WHERE memory_id = :memory_id", params)
@@ -180,8 +184,7 @@ def delete(db: sqlite3.Connection, event: MemoryDeleted) -> bool:
 def categorize(db: sqlite3.Connection, event: MemoryCategorized) -> bool:
     """Replace the memory's categories; False if it is deleted."""
     params = _params(event)
-    state = _state(db, params)
-    if state is not None and state[0]:
+    if _deleted(db, params):
         return False
     # The categories may arrive before the add: the row then waits for its text.
     db.execute(_TOUCH, params)
