@@ -10,6 +10,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from conftest import start_worker, stop_worker, wait_until
 from dramatiq.brokers.stub import StubBroker
 from starlette.testclient import TestClient
@@ -17,10 +18,10 @@ from starlette.testclient import TestClient
 from mem0_receiver import MemoryEvent, Receiver
 from mem0_receiver.brokers import failure_store
 from mem0_receiver.events import Delivery, parse_event, utcnow
-from mem0_receiver.failures import MemoryFailureStore
+from mem0_receiver.failures import RedisFailureStore
 from mem0_receiver.guard import DeliveryGuard
 from mem0_receiver.testing import make_body
-from mem0_receiver.tracking import MemoryTracker
+from mem0_receiver.tracking import RedisTracker
 from mem0_receiver.verify import new_secret
 from mem0_receiver.worker import EVENT, encode_message
 
@@ -139,10 +140,10 @@ def test_a_redelivered_event_whose_handler_succeeded_does_not_run_it_again(
 # The gate that keeps a crash from being blamed on bystanders
 
 
-class CountingTracker(MemoryTracker):
-    def counted(self) -> dict[str, int]:
-        """Runs counted and not ended: what a crash now would count against."""
-        return {key.rsplit(":", 1)[-1]: n for key, n in self._attempts.items() if n}
+def counted(client: redis.Redis) -> dict[str, int]:
+    """Runs counted and not ended, by message: what a crash now would count against."""
+    counts = {key.decode(): int(client.get(key) or 0) for key in client.keys("*:attempts:*")}
+    return {key.rsplit(":", 1)[-1]: n for key, n in counts.items() if n}
 
 
 def guarded_message(name: str) -> dramatiq.Message[Any]:
@@ -173,9 +174,23 @@ class Run(threading.Thread):
         self.guard.after_process_message(broker, self.message)
 
 
-def test_while_a_suspect_of_a_crash_runs_no_other_run_is_counted() -> None:
-    tracker = CountingTracker()
-    guard = DeliveryGuard(tracker=tracker, failures=MemoryFailureStore())
+@pytest.fixture
+def state(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
+def tracker(redis_url: str) -> Iterator[RedisTracker]:
+    tracker = RedisTracker(redis_url, timeout=5)
+    yield tracker
+    tracker.close()
+
+
+def test_while_a_suspect_of_a_crash_runs_no_other_run_is_counted(
+    state: redis.Redis, tracker: RedisTracker
+) -> None:
+    guard = DeliveryGuard(tracker=tracker, failures=RedisFailureStore(state))
     # The suspect was running when its process died: counted once, never ended.
     tracker.begin("mem0_receiver:attempts:suspect", "done", None)
     first, suspect, second = (
@@ -187,24 +202,24 @@ def test_while_a_suspect_of_a_crash_runs_no_other_run_is_counted() -> None:
     suspect.start()
     # The suspect waits for the first run to end, and is not counted meanwhile.
     wait_until(lambda: guard._gate._waiting == 1)
-    assert tracker.counted() == {"first": 1, "suspect": 1}
+    assert counted(state) == {"first": 1, "suspect": 1}
     second.start()
     time.sleep(0.2)
     # A run that comes while the suspect waits waits too, without being counted.
     assert not suspect.started.is_set() and not second.started.is_set()
-    assert tracker.counted() == {"first": 1, "suspect": 1}
+    assert counted(state) == {"first": 1, "suspect": 1}
 
     first.release.set()
     assert suspect.started.wait(5)
     time.sleep(0.2)
     # The suspect runs alone: a crash now would count against it only.
     assert not second.started.is_set()
-    assert tracker.counted() == {"suspect": 2}
+    assert counted(state) == {"suspect": 2}
 
     suspect.release.set()
     assert second.started.wait(5)
-    assert tracker.counted() == {"second": 1}
+    assert counted(state) == {"second": 1}
     second.release.set()
     for run in (first, suspect, second):
         run.join(5)
-    assert tracker.counted() == {}
+    assert counted(state) == {}
