@@ -98,7 +98,8 @@ class _Gate:
         self._shared = 0
         self._exclusive = False
         self._waiting = 0
-        self._mode = threading.local()
+        #: Per thread: "shared" or "exclusive" while it holds the gate.
+        self._held = threading.local()
 
     def enter(self, *, exclusive: bool) -> None:
         with self._condition:
@@ -110,11 +111,16 @@ class _Gate:
             else:
                 self._condition.wait_for(lambda: not self._exclusive and not self._waiting)
                 self._shared += 1
-            self._mode.exclusive = exclusive
+            self._held.mode = "exclusive" if exclusive else "shared"
 
     def leave(self) -> None:
+        """Leave, if this thread holds the gate (a run may end before it entered)."""
+        mode = getattr(self._held, "mode", None)
+        if mode is None:
+            return
+        self._held.mode = None
         with self._condition:
-            if self._mode.exclusive:
+            if mode == "exclusive":
                 self._exclusive = False
             else:
                 self._shared -= 1
@@ -141,7 +147,6 @@ class DeliveryGuard(Middleware):
         self.on_outcome: Callable[[str, str], None] | None = None
         self._janitor: Janitor | None = None
         self._gate = _Gate()
-        self._held = threading.local()
         #: Redis ids of the messages being run now (the janitor must not reclaim them).
         self._running: set[str] = set()
 
@@ -170,7 +175,7 @@ class DeliveryGuard(Middleware):
         done_key = self._done_key(message)
         # In before the run is counted: while a suspect of a crash runs alone,
         # no other run is counted, so that a crash counts against it only.
-        self._enter(exclusive=False)
+        self._gate.enter(exclusive=False)
         # Until Redis answers: an exception here would make dramatiq log it and
         # run the handler anyway, without any of the checks below.
         state = stubbornly(
@@ -206,22 +211,13 @@ class DeliveryGuard(Middleware):
             # It runs alone in this process from now on, so that a crash counts
             # against it only, and it is not counted while it waits its turn.
             stubbornly("uncount a waiting run", lambda: self.tracker.uncount(attempt_key))
-            self._leave()
-            self._enter(exclusive=True)
+            self._gate.leave()
+            self._gate.enter(exclusive=True)
             stubbornly("count a run", lambda: self.tracker.count(attempt_key))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        self._leave()
+        self._gate.leave()
         self._running.discard(message.options.get("redis_message_id", ""))
-
-    def _enter(self, *, exclusive: bool) -> None:
-        self._gate.enter(exclusive=exclusive)
-        self._held.mode = True
-
-    def _leave(self) -> None:
-        if getattr(self._held, "mode", False):
-            self._held.mode = False
-            self._gate.leave()
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
@@ -242,7 +238,7 @@ class DeliveryGuard(Middleware):
                 # Retries has enqueued the next attempt.
                 self._end(self._attempt_key(message), message, status="retrying")
         finally:
-            self._leave()
+            self._gate.leave()
             self._running.discard(message.options.get("redis_message_id", ""))
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
