@@ -26,16 +26,18 @@ prometheus-client in multiprocess mode (a choice made at its first import).
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http.server import HTTPServer
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware.prometheus import DB_PATH, HTTP_HOST, HTTP_PORT, Prometheus
 from prometheus_client import CollectorRegistry, Counter, Histogram, MetricsHandler
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -109,9 +111,32 @@ class ReceiverMetrics:
         registry = self.registry
         if self.directory:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
+            registry.register(ProcessFiles(self.directory))
         encode, content_type = choose_encoder(accept)
         return encode(registry), content_type
+
+
+class ProcessFiles:
+    """A collector: the samples every process wrote to ``path``, merged.
+
+    As prometheus-client's MultiProcessCollector, except that it passes over
+    empty files. A process creates its file before it sizes it, so a scrape at
+    that moment, or after the process was killed in it, met an empty file and
+    failed as a whole (prometheus/client_python#1199): the HTTP server then
+    closed the connection without an answer.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            with contextlib.suppress(FileNotFoundError):  # A process's file was removed.
+                if os.path.getsize(name):
+                    files.append(name)
+        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
 
 
 class FailureStoreSize:
@@ -195,7 +220,7 @@ def serve_worker_metrics() -> int:
 
     receiver = load_receiver(os.environ[ENV_TARGET])
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=DB_PATH)  # type: ignore[no-untyped-call]
+    registry.register(ProcessFiles(DB_PATH))
     registry.register(FailureStoreSize(failure_store(receiver.broker)))
     server = HTTPServer((HTTP_HOST, HTTP_PORT), MetricsHandler.factory(registry))
     try:
