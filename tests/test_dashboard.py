@@ -417,13 +417,27 @@ def chromium(tmp_path: Path) -> Any:
 
 def click_and_wait(browser: Any, element: Any) -> None:
     """Click a link or button and wait until the next page has replaced this one."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
+
+    def replaced(browser: Any) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # What ChromeDriver 156 says, now and then, of an element of a
+            # document that is being replaced, instead of "stale element".
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
     element.click()
-    WebDriverWait(browser, 5).until(staleness_of(page))
+    WebDriverWait(browser, 5).until(replaced)
 
 
 def test_an_operator_replays_a_failed_event_in_headless_chromium(
